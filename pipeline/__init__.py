@@ -1,0 +1,3 @@
+"""playbook: experiment-tracked hyperparameter optimization for image classifiers."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,347 @@
+"""Data stage: load images once as tensors, split them, and normalize with train statistics.
+
+Images stay ``uint8`` tensors of shape N×C×H×W until a trial needs them as floats.
+Nothing is downloaded: every source reads local files or data bundled with a package.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from pipeline.spec import DataSpec, Fractions
+
+log = logging.getLogger(__name__)
+
+SPLITS = ("train", "train_dev", "dev", "test")
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
+MANIFEST_VERSION = 1
+
+
+class DataError(ValueError):
+    """Images that cannot be loaded or split, with the path or value and the fix."""
+
+
+@dataclass(frozen=True)
+class ImageData:
+    """Decoded images with labels, in dataset order."""
+
+    images: torch.Tensor  # uint8, N×C×H×W
+    labels: torch.Tensor  # int64, N
+    class_names: list[str]
+    sources: list[str]  # file path or "<source>/<index>" per image
+    fingerprint: str  # sha256 of pixels, labels and class names
+
+    @property
+    def channels(self) -> int:
+        return self.images.shape[1]
+
+    @property
+    def image_size(self) -> int:
+        return self.images.shape[-1]
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+
+@dataclass(frozen=True)
+class Split:
+    """Dataset indices of the four parts, and the hash that pins them."""
+
+    train: np.ndarray
+    train_dev: np.ndarray
+    dev: np.ndarray
+    test: np.ndarray
+    seed: int
+    fingerprint: str
+    hash: str = field(default="")
+
+    def part(self, name: str) -> np.ndarray:
+        return getattr(self, name)
+
+    def manifest(self) -> dict:
+        """Return the split as JSON-ready data, including its content hash."""
+        body = _manifest_body(self.seed, self.fingerprint, {name: self.part(name) for name in SPLITS})
+        return {**body, "hash": _hash_json(body)}
+
+
+@dataclass(frozen=True)
+class Normalization:
+    """Per-channel mean and standard deviation of the train split, in [0, 1] pixel units."""
+
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+    def apply(self, images: torch.Tensor) -> torch.Tensor:
+        """Return float32 images scaled to [0, 1] and standardized per channel."""
+        mean = torch.tensor(self.mean).view(1, -1, 1, 1)
+        std = torch.tensor(self.std).view(1, -1, 1, 1)
+        return (images.float() / 255.0 - mean) / std
+
+
+# ---------------------------------------------------------------------------
+# Loading
+
+
+def load_images(spec: DataSpec) -> ImageData:
+    """Decode every image of the spec's source once into a uint8 tensor.
+
+    Raises:
+        DataError: a missing folder, an empty class, or an unreadable image.
+    """
+    if spec.source == "digits":
+        images, labels, names, sources = _load_digits()
+    elif spec.source == "cifar10":
+        images, labels, names, sources = _load_cifar10(spec.path)
+    elif spec.source == "imagefolder":
+        images, labels, names, sources = _load_imagefolder(spec.path, spec.channels, spec.image_size)
+    else:
+        images, labels, names, sources = _load_fake(spec)
+
+    if spec.channels is not None and images.shape[1] != spec.channels:
+        images = _convert_channels(images, spec.channels)
+    if spec.image_size is not None and images.shape[-1] != spec.image_size:
+        images = resize(images, spec.image_size)
+    return ImageData(images, labels, names, sources, _fingerprint(images, labels, names))
+
+
+def resize(images: torch.Tensor, size: int) -> torch.Tensor:
+    """Resize uint8 images to size×size once, with antialiasing when shrinking."""
+    resized = F.interpolate(images.float(), size=(size, size), mode="bilinear",
+                            antialias=True, align_corners=False)
+    return resized.round().clamp(0, 255).to(torch.uint8)
+
+
+def _load_digits() -> tuple[torch.Tensor, torch.Tensor, list[str], list[str]]:
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    # Pixel values are counts 0..16 of set pixels in 4×4 blocks; scale them to 0..255.
+    pixels = np.rint(bunch.images * (255.0 / 16.0)).astype(np.uint8)
+    images = torch.from_numpy(pixels).unsqueeze(1)
+    labels = torch.from_numpy(bunch.target.astype(np.int64))
+    names = [str(name) for name in bunch.target_names]
+    return images, labels, names, [f"digits/{index}" for index in range(len(labels))]
+
+
+def _load_cifar10(root: Path) -> tuple[torch.Tensor, torch.Tensor, list[str], list[str]]:
+    from torchvision.datasets import CIFAR10
+
+    parts = []
+    for train in (True, False):
+        try:
+            dataset = CIFAR10(str(root), train=train, download=False)
+        except RuntimeError as error:
+            raise DataError(
+                f"CIFAR-10 not readable under {root / 'cifar-10-batches-py'}: {error}; "
+                "unpack cifar-10-python.tar.gz there. Nothing is downloaded."
+            ) from None
+        parts.append(("train" if train else "test", dataset))
+    images = torch.cat([torch.from_numpy(d.data).permute(0, 3, 1, 2) for _, d in parts]).contiguous()
+    labels = torch.cat([torch.tensor(d.targets, dtype=torch.int64) for _, d in parts])
+    sources = [f"cifar10/{name}/{i}" for name, d in parts for i in range(len(d.targets))]
+    return images, labels, list(parts[0][1].classes), sources
+
+
+def _load_imagefolder(root: Path, channels: int | None, image_size: int | None
+                      ) -> tuple[torch.Tensor, torch.Tensor, list[str], list[str]]:
+    from PIL import Image, UnidentifiedImageError
+
+    classes = sorted(entry.name for entry in root.iterdir() if entry.is_dir() and not entry.name.startswith("."))
+    if not classes:
+        raise DataError(f"no class folders in {root}; put one sub-folder of images per class there")
+    files: list[tuple[Path, int]] = []
+    for label, name in enumerate(classes):
+        found = sorted(p for p in (root / name).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+        if not found:
+            raise DataError(f"class folder {root / name} has no images ({', '.join(IMAGE_SUFFIXES)}); "
+                            "add images or remove the folder")
+        files += [(path, label) for path in found]
+
+    decoded, bad = [], []
+    for path, _ in files:
+        try:
+            with Image.open(path) as image:
+                image.load()
+                decoded.append(image.copy())
+        except (OSError, UnidentifiedImageError, ValueError) as error:
+            bad.append(f"{path} ({error})")
+    if bad:
+        shown = "\n  ".join(bad[:20])
+        more = f"\n  ... and {len(bad) - 20} more" if len(bad) > 20 else ""
+        raise DataError(f"{len(bad)} unreadable image(s) under {root}:\n  {shown}{more}\n"
+                        "remove or replace them")
+
+    if channels is None:
+        channels = 1 if all(image.mode in ("1", "L", "I", "I;16", "F") for image in decoded) else 3
+    mode = "L" if channels == 1 else "RGB"
+    sizes = {image.size for image in decoded}
+    if image_size is None and len(sizes) > 1:
+        raise DataError(f"images under {root} have {len(sizes)} different sizes (for example "
+                        f"{sorted(sizes)[:3]}); set data.image_size to resize them once")
+    arrays = []
+    for image in decoded:
+        image = image.convert(mode)
+        if image_size is not None and image.size != (image_size, image_size):
+            image = image.resize((image_size, image_size), Image.BILINEAR)
+        array = np.asarray(image, dtype=np.uint8)
+        arrays.append(array[None] if array.ndim == 2 else array.transpose(2, 0, 1))
+    images = torch.from_numpy(np.stack(arrays))
+    labels = torch.tensor([label for _, label in files], dtype=torch.int64)
+    return images, labels, classes, [str(path) for path, _ in files]
+
+
+def _load_fake(spec: DataSpec) -> tuple[torch.Tensor, torch.Tensor, list[str], list[str]]:
+    from torchvision.datasets import FakeData
+
+    log.warning("data.source 'fake' draws random labels: accuracy stays at chance "
+                "(1/%d). Use it for smoke tests only.", spec.fake_classes)
+    channels = spec.channels or 3
+    size = spec.image_size or 32
+    dataset = FakeData(size=spec.fake_size, image_size=(channels, size, size),
+                       num_classes=spec.fake_classes, random_offset=spec.split_seed)
+    mode = "L" if channels == 1 else "RGB"
+    arrays, labels = [], []
+    for image, label in dataset:
+        array = np.asarray(image.convert(mode), dtype=np.uint8)
+        arrays.append(array[None] if array.ndim == 2 else array.transpose(2, 0, 1))
+        labels.append(int(label))
+    names = [str(index) for index in range(spec.fake_classes)]
+    return (torch.from_numpy(np.stack(arrays)), torch.tensor(labels, dtype=torch.int64), names,
+            [f"fake/{index}" for index in range(len(labels))])
+
+
+def _convert_channels(images: torch.Tensor, channels: int) -> torch.Tensor:
+    if channels == 3:
+        return images.expand(-1, 3, -1, -1).contiguous()
+    # ITU-R BT.601 luma weights, as PIL's "L" conversion uses.
+    weights = torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)
+    return (images.float() * weights).sum(1, keepdim=True).round().clamp(0, 255).to(torch.uint8)
+
+
+def _fingerprint(images: torch.Tensor, labels: torch.Tensor, names: list[str]) -> str:
+    digest = hashlib.sha256()
+    digest.update(str(tuple(images.shape)).encode())
+    digest.update(images.contiguous().numpy().tobytes())
+    digest.update(labels.numpy().tobytes())
+    digest.update(json.dumps(names).encode())
+    return digest.hexdigest()
+
+
+# ---------------------------------------------------------------------------
+# Splitting
+
+
+def split_dataset(labels: torch.Tensor | np.ndarray, fractions: Fractions, seed: int,
+                  fingerprint: str = "") -> Split:
+    """Split indices into train, train-dev, dev and test, stratified by label.
+
+    Each class is shuffled with ``seed`` and cut by the fractions, rounding by largest
+    remainder; so every part keeps the class proportions up to one image per class,
+    and the same labels, fractions and seed always give the same split.
+    """
+    labels = np.asarray(labels)
+    shares = np.array([getattr(fractions, name) for name in SPLITS])
+    rng = np.random.default_rng(seed)
+    parts: dict[str, list[np.ndarray]] = {name: [] for name in SPLITS}
+    for position, label in enumerate(np.unique(labels)):
+        members = rng.permutation(np.flatnonzero(labels == label))
+        counts = _largest_remainder(len(members), shares, rotate=position)
+        edges = np.cumsum(counts)[:-1]
+        for name, chunk in zip(SPLITS, np.split(members, edges)):
+            parts[name].append(chunk)
+    arrays = {name: np.sort(np.concatenate(chunks)).astype(np.int64) for name, chunks in parts.items()}
+    split = Split(**arrays, seed=seed, fingerprint=fingerprint)
+    check_disjoint(split)
+    return Split(**arrays, seed=seed, fingerprint=fingerprint, hash=split.manifest()["hash"])
+
+
+def _largest_remainder(total: int, shares: np.ndarray, rotate: int) -> np.ndarray:
+    exact = shares * total
+    counts = np.floor(exact).astype(int)
+    remainders = exact - counts
+    # Rotating the tie order per class keeps ties from always favouring one part.
+    order = sorted(range(len(shares)), key=lambda i: (-round(remainders[i], 9), (i - rotate) % len(shares)))
+    for i in order[: total - counts.sum()]:
+        counts[i] += 1
+    return counts
+
+
+def check_disjoint(split: Split) -> None:
+    """Raise DataError if an index appears in two parts, or twice in one."""
+    seen: dict[int, str] = {}
+    for name in SPLITS:
+        indices = split.part(name)
+        if len(np.unique(indices)) != len(indices):
+            raise DataError(f"split part '{name}' lists an index twice")
+        for index in indices.tolist():
+            if index in seen:
+                raise DataError(f"index {index} is in both '{seen[index]}' and '{name}'")
+            seen[index] = name
+
+
+def split_from_manifest(manifest: dict) -> Split:
+    """Rebuild a Split from its manifest, checking the version and the hash."""
+    if manifest.get("version") != MANIFEST_VERSION:
+        raise DataError(f"split manifest version {manifest.get('version')!r} is not supported "
+                        f"(expected {MANIFEST_VERSION})")
+    body = {key: value for key, value in manifest.items() if key != "hash"}
+    if _hash_json(body) != manifest.get("hash"):
+        raise DataError("split manifest hash does not match its contents; the file was edited or damaged")
+    parts = {name: np.asarray(manifest["parts"][name], dtype=np.int64) for name in SPLITS}
+    split = Split(**parts, seed=manifest["seed"], fingerprint=manifest["dataset_fingerprint"],
+                  hash=manifest["hash"])
+    check_disjoint(split)
+    return split
+
+
+def _manifest_body(seed: int, fingerprint: str, parts: dict[str, np.ndarray]) -> dict:
+    return {
+        "version": MANIFEST_VERSION,
+        "seed": seed,
+        "dataset_fingerprint": fingerprint,
+        "sizes": {name: int(len(indices)) for name, indices in parts.items()},
+        "parts": {name: [int(i) for i in indices] for name, indices in parts.items()},
+    }
+
+
+def _hash_json(body: dict) -> str:
+    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def normalization(images: torch.Tensor, train: np.ndarray) -> Normalization:
+    """Compute per-channel mean and std over the train split only."""
+    pixels = images[torch.from_numpy(train)].float() / 255.0
+    mean = pixels.mean(dim=(0, 2, 3))
+    std = pixels.std(dim=(0, 2, 3)).clamp_min(1e-6)
+    return Normalization(tuple(mean.tolist()), tuple(std.tolist()))
+
+
+@dataclass(frozen=True)
+class PreparedData:
+    """Normalized float tensors of every split, ready for batching by index."""
+
+    x: dict[str, torch.Tensor]
+    y: dict[str, torch.Tensor]
+    indices: dict[str, np.ndarray]
+    stats: Normalization
+
+
+def prepare(data: ImageData, split: Split, parts: tuple[str, ...] = ("train", "train_dev", "dev")) -> PreparedData:
+    """Normalize the given parts with train statistics; the test part is left out by default."""
+    stats = normalization(data.images, split.train)
+    x, y, indices = {}, {}, {}
+    for name in parts:
+        index = torch.from_numpy(split.part(name))
+        x[name] = stats.apply(data.images[index]).contiguous()
+        y[name] = data.labels[index]
+        indices[name] = split.part(name)
+    return PreparedData(x, y, indices, stats)

@@ -1,0 +1,94 @@
+"""Diagnosis stage: split the dev error into avoidable bias, variance and data mismatch.
+
+With error rates e_human ≤ e_train ≤ e_train_dev ≤ e_dev in the usual case:
+avoidable bias = e_train − e_human, variance = e_train_dev − e_train,
+data mismatch = e_dev − e_train_dev. Gaps above ``min_gap`` are ranked, largest
+first, and each maps to the catalogue's advice for it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+from pipeline.messages import text
+
+GAPS = ("avoidable_bias", "variance", "data_mismatch")
+
+
+@dataclass(frozen=True)
+class Diagnosis:
+    """The error figures, the gaps between them and the ranked gaps worth acting on."""
+
+    human_level_error: float
+    human_level_assumed: bool  # True when the spec gave no human level and 0 stands in
+    train_error: float
+    train_dev_error: float
+    dev_error: float
+    avoidable_bias: float
+    variance: float
+    data_mismatch: float
+    ranked: list[str]  # gap names above min_gap, largest first
+    min_gap: float
+
+    @property
+    def main_gap(self) -> str | None:
+        return self.ranked[0] if self.ranked else None
+
+    def gaps(self) -> dict[str, float]:
+        return {name: getattr(self, name) for name in GAPS}
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "main_gap": self.main_gap}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> Diagnosis:
+        return cls(**{name: data[name] for name in cls.__dataclass_fields__})
+
+
+def diagnose(train_error: float, train_dev_error: float, dev_error: float,
+             human_level_error: float | None = None, min_gap: float = 0.01) -> Diagnosis:
+    """Compute the three gaps and rank those larger than ``min_gap``.
+
+    Args:
+        train_error: error on the train split, in eval mode, as a fraction.
+        train_dev_error: error on train-dev (train distribution, not trained on).
+        dev_error: error on dev.
+        human_level_error: proxy for the optimal error; 0 when not given.
+        min_gap: gaps at or below this are not worth a recommendation.
+    """
+    human = 0.0 if human_level_error is None else human_level_error
+    gaps = {
+        "avoidable_bias": train_error - human,
+        "variance": train_dev_error - train_error,
+        "data_mismatch": dev_error - train_dev_error,
+    }
+    ranked = sorted((name for name, value in gaps.items() if value > min_gap),
+                    key=lambda name: (-gaps[name], GAPS.index(name)))
+    return Diagnosis(human, human_level_error is None, train_error, train_dev_error, dev_error,
+                     ranked=ranked, min_gap=min_gap, **gaps)
+
+
+def render(diagnosis: Diagnosis, lang: str = "en") -> str:
+    """Write the diagnosis and its recommendations as text in ``lang``."""
+    pct = _percent
+    lines = [text("diagnosis.title", lang)]
+    lines.append(text("diagnosis.errors", lang, human=pct(diagnosis.human_level_error),
+                      train=pct(diagnosis.train_error), train_dev=pct(diagnosis.train_dev_error),
+                      dev=pct(diagnosis.dev_error)))
+    if diagnosis.human_level_assumed:
+        lines.append("  (" + text("diagnosis.human_assumed", lang) + ")")
+    lines.append(text("diagnosis.gaps", lang, **{name: pct(value) for name, value in diagnosis.gaps().items()}))
+    if diagnosis.avoidable_bias < 0 and not diagnosis.human_level_assumed:
+        lines.append(text("diagnosis.better_than_human", lang, value=pct(-diagnosis.avoidable_bias)))
+    if diagnosis.main_gap is None:
+        lines.append(text("diagnosis.none", lang, threshold=pct(diagnosis.min_gap)))
+        return "\n".join(lines)
+    lines.append(text("diagnosis.main", lang, gap=text(f"diagnosis.gap.{diagnosis.main_gap}", lang),
+                      value=pct(getattr(diagnosis, diagnosis.main_gap))))
+    for rank, name in enumerate(diagnosis.ranked, start=1):
+        lines.append(f"  {rank}. " + text(f"advice.{name}", lang))
+    return "\n".join(lines)
+
+
+def _percent(value: float) -> str:
+    return f"{value * 100:.2f}%"

@@ -1,0 +1,407 @@
+"""Study specs: the YAML file a user writes, validated before anything runs.
+
+Every field has a default except ``name``, so the smallest spec is one line.
+Validation errors name the field, echo the bad value and say what to change;
+``load_spec`` collects them all before returning, and nothing is created on disk.
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from pipeline import models
+from pipeline.params import Choice, Fixed, Param, check_bounds, describe, parse_param
+
+OPTIMIZERS = ("adam", "adamw", "sgd")
+SCHEDULES = ("constant", "cosine")
+# Metrics the evaluation stage reports; the bool says whether larger is better.
+METRICS: dict[str, bool] = {
+    "accuracy": True,
+    "macro_f1": True,
+    "macro_precision": True,
+    "macro_recall": True,
+    "latency_p50_ms": False,
+    "latency_p95_ms": False,
+    "param_count": False,
+}
+
+
+class SpecError(ValueError):
+    """A study spec that cannot run, with one line per problem."""
+
+    def __init__(self, problems: list[str], source: str = "spec") -> None:
+        self.problems = problems
+        self.source = source
+        super().__init__("\n".join(f"{source}: {line}" for line in problems))
+
+
+class SpecModel(BaseModel):
+    """Base for spec sections: frozen, and unknown keys are errors with a suggestion."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, arbitrary_types_allowed=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _reject_unknown_keys(cls, data: Any) -> Any:
+        if not isinstance(data, dict) or cls.model_config.get("extra") != "forbid":
+            return data
+        allowed = list(cls.model_fields)
+        for key in data:
+            if key not in cls.model_fields:
+                close = difflib.get_close_matches(str(key), allowed, n=1)
+                hint = f"did you mean '{close[0]}'? " if close else ""
+                raise ValueError(f"unknown key '{key}'; {hint}allowed keys: {', '.join(allowed)}")
+        return data
+
+
+def _param(kind: str, *, minimum: float | None = None, maximum: float | None = None,
+           allowed: tuple[str, ...] | None = None) -> BeforeValidator:
+    def validate(raw: Any) -> Param:
+        return check_bounds(parse_param(raw, kind, allowed), minimum, maximum)  # type: ignore[arg-type]
+
+    return BeforeValidator(validate)
+
+
+FloatParam = Annotated[Param, _param("float")]
+PositiveFloatParam = Annotated[Param, _param("float", minimum=0.0)]
+DropoutParam = Annotated[Param, _param("float", minimum=0.0, maximum=0.95)]
+BatchSizeParam = Annotated[Param, _param("int", minimum=2, maximum=65536)]
+EpochsParam = Annotated[Param, _param("int", minimum=1, maximum=10000)]
+OptimizerParam = Annotated[Param, _param("str", allowed=OPTIMIZERS)]
+ScheduleParam = Annotated[Param, _param("str", allowed=SCHEDULES)]
+ArchParam = Annotated[Param, _param("str", allowed=tuple(models.ARCHITECTURES))]
+
+
+class Fractions(SpecModel):
+    """Shares of the labelled images that go to each split; they must add up to 1."""
+
+    train: float = Field(0.7, gt=0, lt=1)
+    train_dev: float = Field(0.1, gt=0, lt=1)
+    dev: float = Field(0.1, gt=0, lt=1)
+    test: float = Field(0.1, gt=0, lt=1)
+
+    @model_validator(mode="after")
+    def _sum_to_one(self) -> Fractions:
+        total = self.train + self.train_dev + self.dev + self.test
+        if abs(total - 1.0) > 1e-6:
+            raise ValueError(
+                f"split fractions add up to {total:.4g}, not 1 "
+                f"(train={self.train}, train_dev={self.train_dev}, dev={self.dev}, "
+                f"test={self.test}); change them so they sum to 1"
+            )
+        return self
+
+
+class DataSpec(SpecModel):
+    """Where the images come from and how they are split."""
+
+    source: Literal["digits", "cifar10", "imagefolder", "fake"] = "digits"
+    path: Path | None = None
+    image_size: int | None = Field(None, ge=4, le=1024)
+    channels: Literal[1, 3] | None = None
+    fractions: Fractions = Fractions()
+    split_seed: int = 0
+    fake_size: int = Field(500, ge=20)
+    fake_classes: int = Field(10, ge=2)
+
+    @model_validator(mode="after")
+    def _check_path(self) -> DataSpec:
+        if self.source in ("cifar10", "imagefolder") and self.path is None:
+            raise ValueError(f"data.source '{self.source}' needs data.path, the folder of images")
+        if self.source in ("digits", "fake") and self.path is not None:
+            raise ValueError(f"data.source '{self.source}' takes no data.path; remove it")
+        return self
+
+
+class TrainSpec(SpecModel):
+    """Optimization hyperparameters; each may be fixed or searched."""
+
+    optimizer: OptimizerParam = Fixed("adam")
+    lr: PositiveFloatParam = Fixed(1e-3)
+    weight_decay: PositiveFloatParam = Fixed(0.0)
+    momentum: Annotated[Param, _param("float", minimum=0.0, maximum=0.999)] = Fixed(0.9)
+    batch_size: BatchSizeParam = Fixed(64)
+    epochs: EpochsParam = Fixed(10)
+    dropout: DropoutParam = Fixed(0.0)
+    schedule: ScheduleParam = Fixed("cosine")
+    augment_flip: bool = False
+
+    @field_validator("lr")
+    @classmethod
+    def _positive_lr(cls, value: Param) -> Param:
+        return check_bounds(value, 1e-12, 10.0)
+
+
+class ModelSpec(SpecModel):
+    """The architecture and its knobs.
+
+    ``arch`` names a registered architecture, or ``{choices: [...]}`` of several.
+    Knobs sit under a key named after their architecture (``small_cnn: {depth: 3}``),
+    so each architecture's knobs become Optuna parameters of their own.
+    """
+
+    model_config = ConfigDict(extra="allow", frozen=True, arbitrary_types_allowed=True)
+
+    arch: ArchParam = Fixed("small_cnn")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _parse_knobs(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        parsed = dict(data)
+        for key, value in data.items():
+            if key == "arch":
+                continue
+            if key not in models.ARCHITECTURES:
+                close = difflib.get_close_matches(str(key), list(models.ARCHITECTURES), n=1)
+                hint = f" did you mean '{close[0]}'?" if close else ""
+                raise ValueError(
+                    f"unknown key '{key}'; model takes 'arch' and one block of knobs per "
+                    f"architecture ({', '.join(models.ARCHITECTURES)}).{hint}"
+                )
+            parsed[key] = _parse_knob_block(key, value)
+        return parsed
+
+    @model_validator(mode="after")
+    def _knobs_match_arch(self) -> ModelSpec:
+        for key in self.model_extra or {}:
+            if key not in self.arch_names:
+                raise ValueError(
+                    f"knobs given for '{key}', but model.arch is {describe(self.arch)}; "
+                    f"add '{key}' to model.arch or remove the block"
+                )
+        return self
+
+    @property
+    def arch_names(self) -> tuple[str, ...]:
+        if isinstance(self.arch, Choice):
+            return tuple(str(name) for name in self.arch.choices)
+        return (str(self.arch.value),)  # type: ignore[union-attr]
+
+    def knobs(self, arch: str) -> dict[str, Param]:
+        """Return every knob of ``arch``: the spec's values over the registry defaults."""
+        given = (self.model_extra or {}).get(arch, {})
+        defaults = {name: Fixed(knob.default) for name, knob in models.ARCHITECTURES[arch].knobs.items()}
+        return {**defaults, **given}
+
+
+def _parse_knob_block(arch: str, block: Any) -> dict[str, Param]:
+    if block is None:
+        return {}
+    if not isinstance(block, dict):
+        raise ValueError(f"model.{arch} must be a mapping of knobs, got {block!r}")
+    knobs = models.ARCHITECTURES[arch].knobs
+    parsed: dict[str, Param] = {}
+    for name, raw in block.items():
+        if name not in knobs:
+            raise ValueError(
+                f"unknown knob '{name}' for model.{arch}; its knobs are {', '.join(knobs)}"
+            )
+        knob = knobs[name]
+        try:
+            parsed[name] = check_bounds(parse_param(raw, knob.kind, knob.allowed), knob.minimum, knob.maximum)
+        except ValueError as error:
+            raise ValueError(f"model.{arch}.{name}: {error}") from None
+    return parsed
+
+
+class Constraint(SpecModel):
+    """A satisficing metric: the trial is feasible only if the metric stays within bounds."""
+
+    metric: str
+    max: float | None = None
+    min: float | None = None
+
+    @field_validator("metric")
+    @classmethod
+    def _known_metric(cls, value: str) -> str:
+        if value not in METRICS:
+            raise ValueError(f"unknown metric '{value}'; use one of {', '.join(METRICS)}")
+        return value
+
+    @model_validator(mode="after")
+    def _one_bound(self) -> Constraint:
+        if (self.max is None) == (self.min is None):
+            raise ValueError(f"constraint on '{self.metric}' needs exactly one of 'max' or 'min'")
+        return self
+
+    def violation(self, value: float) -> float:
+        """Return how far ``value`` breaks the bound; zero or less means satisfied."""
+        if self.max is not None:
+            return value - self.max
+        return self.min - value  # type: ignore[operator]
+
+
+class ObjectiveSpec(SpecModel):
+    """One optimizing metric on dev and any number of satisficing constraints."""
+
+    metric: str = "macro_f1"
+    constraints: list[Constraint] = [Constraint(metric="latency_p95_ms", max=10.0)]
+
+    @field_validator("metric")
+    @classmethod
+    def _known_metric(cls, value: str) -> str:
+        if value not in METRICS:
+            raise ValueError(f"unknown metric '{value}'; use one of {', '.join(METRICS)}")
+        return value
+
+    @property
+    def direction(self) -> Literal["maximize", "minimize"]:
+        return "maximize" if METRICS[self.metric] else "minimize"
+
+
+class SearchSpec(SpecModel):
+    """How many trials to run, and with which sampler."""
+
+    trials: int = Field(10, ge=1)
+    sampler: Literal["random"] = "random"
+    timeout_s: float | None = Field(None, gt=0)
+
+
+class LatencySpec(SpecModel):
+    """How per-image inference latency is measured on dev images."""
+
+    batch_size: int = Field(1, ge=1)
+    warmup: int = Field(10, ge=0)
+    repeats: int = Field(100, ge=5)
+
+
+class ErrorAnalysisSpec(SpecModel):
+    """Thresholds of the error categories."""
+
+    low_confidence: float = Field(0.5, gt=0, lt=1)
+    dark_percentile: float = Field(5.0, ge=0, le=50)
+    bright_percentile: float = Field(95.0, ge=50, le=100)
+    confused_pairs: int = Field(3, ge=0)
+    grid_size: int = Field(36, ge=1, le=400)
+
+
+class DiagnosisSpec(SpecModel):
+    """Inputs to the bias / variance / data-mismatch diagnosis."""
+
+    human_level_error: float | None = Field(None, ge=0, lt=1)
+    min_gap: float = Field(0.01, ge=0, lt=1)
+
+
+class StudySpec(SpecModel):
+    """A whole study: data, model, training, objective and search."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
+    seed: int = 0
+    language: Literal["en", "vi"] = "en"
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    data: DataSpec = DataSpec()
+    model: ModelSpec = ModelSpec()
+    train: TrainSpec = TrainSpec()
+    objective: ObjectiveSpec = ObjectiveSpec()
+    search: SearchSpec = SearchSpec()
+    latency: LatencySpec = LatencySpec()
+    error_analysis: ErrorAnalysisSpec = ErrorAnalysisSpec()
+    diagnosis: DiagnosisSpec = DiagnosisSpec()
+
+
+def load_spec(path: str | Path) -> StudySpec:
+    """Read and validate a YAML spec; a relative ``data.path`` is taken from the spec's folder.
+
+    Raises:
+        SpecError: listing every problem, each with the field, the value and the fix.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise SpecError([f"spec file not found: {path}; check the path"], source=str(path))
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as error:
+        raise SpecError([f"invalid YAML: {error}"], source=str(path)) from None
+    if not isinstance(raw, dict):
+        raise SpecError([f"a spec must be a mapping of keys, got {type(raw).__name__}"], source=str(path))
+    return parse_spec(raw, base_dir=path.parent, source=str(path))
+
+
+def parse_spec(raw: dict[str, Any], base_dir: Path | None = None, source: str = "spec") -> StudySpec:
+    """Validate a spec given as a dict; see ``load_spec``."""
+    try:
+        spec = StudySpec.model_validate(raw)
+    except ValidationError as error:
+        raise SpecError(format_errors(error), source=source) from None
+    if spec.data.path is not None and base_dir is not None and not spec.data.path.is_absolute():
+        data = spec.data.model_copy(update={"path": (base_dir / spec.data.path).resolve()})
+        spec = spec.model_copy(update={"data": data})
+    problems = _check_paths(spec)
+    if problems:
+        raise SpecError(problems, source=source)
+    return spec
+
+
+def _check_paths(spec: StudySpec) -> list[str]:
+    path = spec.data.path
+    if path is None:
+        return []
+    if not path.is_dir():
+        return [f"data.path: folder not found: {path}; point data.path at an existing folder"]
+    if spec.data.source == "cifar10" and not (path / "cifar-10-batches-py").is_dir():
+        return [
+            f"data.path: {path / 'cifar-10-batches-py'} not found; unpack the CIFAR-10 "
+            "python archive (cifar-10-python.tar.gz) into data.path. Nothing is downloaded."
+        ]
+    return []
+
+
+def format_errors(error: ValidationError) -> list[str]:
+    """Turn pydantic's errors into 'field: problem (got value)' lines."""
+    lines = []
+    for item in error.errors():
+        field = ".".join(str(part) for part in item["loc"]) or "(top level)"
+        message = item["msg"].removeprefix("Value error, ")
+        value = item.get("input")
+        if item["type"] == "missing":
+            message = "required field is missing; add it"
+            line = f"{field}: {message}"
+        elif item["type"].startswith("value_error") or isinstance(value, dict):
+            line = f"{field}: {message}"
+        else:
+            line = f"{field}: {message} (got {value!r})"
+        lines.append(line)
+    return lines
+
+
+def spec_to_dict(spec: StudySpec) -> dict[str, Any]:
+    """Return the spec as plain YAML-ready data, search dimensions written as in a spec."""
+    return _plain(spec)
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, BaseModel):
+        data = {name: _plain(getattr(value, name)) for name in type(value).model_fields}
+        data.update({name: _plain(extra) for name, extra in (value.model_extra or {}).items()})
+        return data
+    if isinstance(value, Fixed):
+        return value.value
+    if isinstance(value, Choice):
+        return {"choices": list(value.choices)}
+    if hasattr(value, "low"):
+        data = {"low": value.low, "high": value.high, "log": value.log}
+        if getattr(value, "step", 1) != 1:
+            data["step"] = value.step
+        return data
+    if isinstance(value, dict):
+        return {key: _plain(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(item) for item in value]
+    if isinstance(value, Path):
+        return str(value)
+    return value

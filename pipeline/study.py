@@ -1,0 +1,282 @@
+"""Study orchestration: validate, load and split once, then run trials under Optuna.
+
+Order matters for bad input: the spec is validated and the data loaded and split
+before any storage, experiment or run is created, so a study that cannot start
+leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import optuna
+import torch
+import yaml
+
+from pipeline.baseline import BaselineResult, run_baseline
+from pipeline.data import ImageData, Split, load_images, prepare, split_dataset
+from pipeline.error_analysis import brightness_thresholds
+from pipeline.spec import StudySpec, spec_to_dict
+from pipeline.tracking import DEFAULT_ROOT, Tracker, default_tracking_uri, ensure_sqlite_folder
+from pipeline.trial import StudyContext, run_trial
+
+log = logging.getLogger(__name__)
+
+ATTR_SPLIT_HASH = "split_hash"
+ATTR_PARENT_RUN = "mlflow_parent_run_id"
+ATTR_BASELINE = "baseline_dev"
+
+
+class StudyError(RuntimeError):
+    """A study that cannot start or resume, with the reason and the fix."""
+
+
+@dataclass(frozen=True)
+class TrialSummary:
+    """One trial as the summary shows it."""
+
+    number: int
+    state: str
+    value: float | None
+    feasible: bool
+    params: dict[str, Any]
+    dev_metrics: dict[str, float]
+    run_id: str | None
+    diagnosis: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class StudyOutcome:
+    """What a finished ``run_study`` call reports."""
+
+    study_name: str
+    storage: str
+    tracking_uri: str
+    experiment_id: str
+    parent_run_id: str
+    direction: str
+    metric: str
+    constraints: list[str]
+    trials: list[TrialSummary]
+    new_trials: int
+    baseline: dict[str, dict[str, float]]
+    best: TrialSummary | None
+    seconds: float
+    counts: dict[str, int] = field(default_factory=dict)
+
+
+def default_storage(root: Path = DEFAULT_ROOT) -> str:
+    """Return the Optuna storage used when none is given: SQLite under ``root``."""
+    return f"sqlite:///{root.as_posix()}/optuna.db"
+
+
+def resolve_device(name: str) -> torch.device:
+    """Map the spec's device to a torch device; 'auto' takes CUDA when present."""
+    if name == "cuda" and not torch.cuda.is_available():
+        raise StudyError("device 'cuda' requested but CUDA is not available; set device: auto or cpu")
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def load_and_split(spec: StudySpec) -> tuple[ImageData, Split]:
+    """Data stage for the whole study: decode once and split with the spec's seed."""
+    data = load_images(spec.data)
+    split = split_dataset(data.labels, spec.data.fractions, spec.data.split_seed, data.fingerprint)
+    log.info("data: %s, %d images of %d×%d×%d, %d classes; split train %d / train-dev %d / dev %d / test %d "
+             "(hash %s)", spec.data.source, len(data.labels), data.channels, data.image_size, data.image_size,
+             data.num_classes, len(split.train), len(split.train_dev), len(split.dev), len(split.test),
+             split.hash[:12])
+    return data, split
+
+
+def run_study(spec: StudySpec, trials: int | None = None, storage: str | None = None,
+              tracking_uri: str | None = None, lang: str | None = None) -> StudyOutcome:
+    """Create or resume the spec's study and run ``trials`` more trials.
+
+    Args:
+        spec: a validated study spec.
+        trials: trials to add; the spec's ``search.trials`` when None.
+        storage: Optuna storage URL; SQLite under ./mlruns when None.
+        tracking_uri: MLflow tracking URI; ``MLFLOW_TRACKING_URI`` or SQLite under ./mlruns when None.
+        lang: language of the diagnosis text; the spec's when None.
+    """
+    started = time.perf_counter()
+    storage = storage or default_storage()
+    tracking_uri = tracking_uri or default_tracking_uri()
+    lang = lang or spec.language
+    n_trials = trials if trials is not None else spec.search.trials
+
+    device = resolve_device(spec.device)
+    data, split = load_and_split(spec)
+
+    ensure_sqlite_folder(storage)
+    study = optuna.create_study(
+        study_name=spec.name, storage=storage, direction=spec.objective.direction,
+        load_if_exists=True,
+    )
+    if study.direction.name.lower() != spec.objective.direction:
+        raise StudyError(f"study '{spec.name}' in {storage} was created to "
+                         f"{study.direction.name.lower()}, but objective.metric '{spec.objective.metric}' "
+                         f"needs {spec.objective.direction}; use a new study name")
+    existing = len(study.trials)
+    # Seeding with the trial count keeps a resumed study from redrawing earlier trials' values.
+    study.sampler = optuna.samplers.RandomSampler(seed=spec.seed + existing)
+
+    known_hash = study.user_attrs.get(ATTR_SPLIT_HASH)
+    if known_hash is not None and known_hash != split.hash:
+        raise StudyError(f"study '{spec.name}' was split with hash {known_hash[:12]}, but the data and "
+                         f"split settings now give {split.hash[:12]}; the data, data.fractions or "
+                         "data.split_seed changed. Restore them, or use a new study name.")
+
+    tracker = Tracker(tracking_uri, spec.name)
+    parent_run_id = study.user_attrs.get(ATTR_PARENT_RUN)
+    if parent_run_id is None:
+        parent_run_id, baseline = _start_study_run(study, tracker, spec, data, split)
+    else:
+        tracker.reopen(parent_run_id)
+        baseline = study.user_attrs.get(ATTR_BASELINE, {})
+        log.info("resuming study '%s' with %d earlier trials (MLflow parent run %s)",
+                 spec.name, existing, parent_run_id)
+    _log_baseline(baseline)
+
+    prepared = prepare(data, split)
+    context = StudyContext(
+        spec=spec, data=data, split=split, prepared=prepared, device=device,
+        brightness_thresholds=brightness_thresholds(data.images[torch.from_numpy(split.train)], spec.error_analysis),
+        tracker=tracker, parent_run_id=parent_run_id, lang=lang,
+    )
+    log.info("running %d trial(s) of study '%s' on %s; tracking %s, storage %s",
+             n_trials, spec.name, device, tracking_uri, storage)
+    study.optimize(lambda trial: run_trial(trial, context), n_trials=n_trials,
+                   timeout=spec.search.timeout_s, catch=(Exception,),
+                   callbacks=[_TrialLogger(spec)])
+
+    outcome = summarize(study, spec, storage, tracking_uri, tracker.experiment_id, parent_run_id,
+                        new_trials=len(study.trials) - existing, baseline=baseline,
+                        seconds=time.perf_counter() - started)
+    _record_best(tracker, parent_run_id, outcome)
+    tracker.finish(parent_run_id, "FINISHED")
+    return outcome
+
+
+def _start_study_run(study: optuna.Study, tracker: Tracker, spec: StudySpec, data: ImageData,
+                     split: Split) -> tuple[str, dict[str, dict[str, float]]]:
+    """Create the parent run with the spec, split manifest and baseline; once per study."""
+    parent_run_id = tracker.create_parent_run()
+    study.set_user_attr(ATTR_PARENT_RUN, parent_run_id)
+    study.set_user_attr(ATTR_SPLIT_HASH, split.hash)
+
+    plain = spec_to_dict(spec)
+    tracker.log_params(parent_run_id, {
+        "data.source": spec.data.source, "data.path": spec.data.path, "data.images": len(data.labels),
+        "data.classes": data.num_classes, "data.image_size": data.image_size, "data.channels": data.channels,
+        "split.hash": split.hash, "split.seed": split.seed,
+        **{f"split.{name}": len(split.part(name)) for name in ("train", "train_dev", "dev", "test")},
+        "objective.metric": spec.objective.metric, "objective.direction": spec.objective.direction,
+        "objective.constraints": "; ".join(_constraint_text(c) for c in spec.objective.constraints) or "none",
+        "sampler": spec.search.sampler, "seed": spec.seed,
+        "human_level_error": spec.diagnosis.human_level_error,
+    })
+    tracker.set_tags(parent_run_id, {"optuna.storage_study": spec.name})
+    tracker.log_text(parent_run_id, yaml.safe_dump(plain, sort_keys=False, allow_unicode=True), "spec.yaml")
+    tracker.log_json(parent_run_id, split.manifest(), "split_manifest.json")
+
+    result = run_baseline(data, split)
+    baseline = _baseline_dict(result)
+    study.set_user_attr(ATTR_BASELINE, baseline)
+    tracker.log_metrics(parent_run_id, {f"baseline.{name}.dev_{metric}": value
+                                        for name, values in baseline.items() for metric, value in values.items()})
+    tracker.log_json(parent_run_id, baseline, "baseline.json")
+    return parent_run_id, baseline
+
+
+def _baseline_dict(result: BaselineResult) -> dict[str, dict[str, float]]:
+    return {name: {"accuracy": m.accuracy, "macro_f1": m.macro_f1, "macro_precision": m.macro_precision,
+                   "macro_recall": m.macro_recall} for name, m in result.dev.items()}
+
+
+def _log_baseline(baseline: dict[str, dict[str, float]]) -> None:
+    for name, values in baseline.items():
+        log.info("baseline %s: dev accuracy %.4f, macro F1 %.4f", name, values["accuracy"], values["macro_f1"])
+
+
+def _constraint_text(constraint: Any) -> str:
+    bound = f"<= {constraint.max:g}" if constraint.max is not None else f">= {constraint.min:g}"
+    return f"{constraint.metric} {bound}"
+
+
+class _TrialLogger:
+    """Log one line per finished trial: number, state, value, params and the best so far."""
+
+    def __init__(self, spec: StudySpec) -> None:
+        self.spec = spec
+
+    def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        best = best_feasible_trial(study.get_trials(deepcopy=False), self.spec.objective.direction)
+        best_text = f"trial {best.number} with {best.value:.4f}" if best else "none feasible yet"
+        if trial.state == optuna.trial.TrialState.COMPLETE:
+            feasible = "feasible" if trial.user_attrs.get("feasible") else "infeasible"
+            log.info("trial %d finished: %s %.4f (%s), params %s; best: %s", trial.number,
+                     self.spec.objective.metric, trial.value, feasible, trial.params, best_text)
+        elif trial.state == optuna.trial.TrialState.PRUNED:
+            log.info("trial %d pruned, params %s; best: %s", trial.number, trial.params, best_text)
+        else:
+            log.warning("trial %d %s (%s), params %s; best: %s", trial.number, trial.state.name.lower(),
+                        trial.user_attrs.get("failure_reason", "error"), trial.params, best_text)
+
+
+def best_feasible_trial(trials: list[optuna.trial.FrozenTrial], direction: str) -> optuna.trial.FrozenTrial | None:
+    """Return the best complete trial that meets every constraint; ties go to the earlier trial.
+
+    Optuna's random sampler ignores constraints, so ``study.best_trial`` may be
+    infeasible; this is the pipeline's own choice of best.
+    """
+    candidates = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE
+                  and t.user_attrs.get("feasible") is True and t.value is not None and t.value == t.value]
+    if not candidates:
+        return None
+    sign = -1.0 if direction == "maximize" else 1.0
+    return min(candidates, key=lambda t: (sign * t.value, t.number))
+
+
+def summarize(study: optuna.Study, spec: StudySpec, storage: str, tracking_uri: str, experiment_id: str,
+              parent_run_id: str, new_trials: int, baseline: dict, seconds: float) -> StudyOutcome:
+    """Collect trial states, the best feasible trial and the baseline into a StudyOutcome."""
+    frozen = study.get_trials(deepcopy=False)
+    rows = [TrialSummary(t.number, t.state.name, t.value, bool(t.user_attrs.get("feasible")), dict(t.params),
+                         dict(t.user_attrs.get("dev_metrics", {})), t.user_attrs.get("mlflow_run_id"),
+                         t.user_attrs.get("diagnosis"))
+            for t in frozen]
+    best = best_feasible_trial(frozen, spec.objective.direction)
+    counts = {state: sum(1 for row in rows if row.state == state) for state in ("COMPLETE", "PRUNED", "FAIL")}
+    counts["feasible"] = sum(1 for row in rows if row.state == "COMPLETE" and row.feasible)
+    return StudyOutcome(
+        study_name=spec.name, storage=storage, tracking_uri=tracking_uri, experiment_id=experiment_id,
+        parent_run_id=parent_run_id, direction=spec.objective.direction, metric=spec.objective.metric,
+        constraints=[_constraint_text(c) for c in spec.objective.constraints], trials=rows,
+        new_trials=new_trials, baseline=baseline,
+        best=next((row for row in rows if best is not None and row.number == best.number), None),
+        seconds=seconds, counts=counts,
+    )
+
+
+def _record_best(tracker: Tracker, parent_run_id: str, outcome: StudyOutcome) -> None:
+    """Tag the parent run with the best feasible trial; metrics carry the trial count as step."""
+    step = len(outcome.trials)
+    tracker.log_metrics(parent_run_id, {"trials.complete": outcome.counts["COMPLETE"],
+                                        "trials.pruned": outcome.counts["PRUNED"],
+                                        "trials.failed": outcome.counts["FAIL"],
+                                        "trials.feasible": outcome.counts["feasible"]}, step=step)
+    best = outcome.best
+    if best is None:
+        tracker.set_tags(parent_run_id, {"best.trial_number": "none"})
+        return
+    tracker.set_tags(parent_run_id, {"best.trial_number": best.number, "best.run_id": best.run_id,
+                                     **{f"best.param.{key}": value for key, value in best.params.items()}})
+    tracker.log_metrics(parent_run_id, {f"best.dev_{name}": value for name, value in best.dev_metrics.items()},
+                        step=step)

@@ -1,0 +1,190 @@
+"""MLflow tracking: one experiment per study, a parent run for the study, a child run per trial.
+
+Everything goes through ``MlflowClient`` with explicit run ids, never the fluent
+API's active run, so several trials or processes cannot log into each other's runs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from mlflow.entities import Metric, Param, RunStatus, RunTag
+from mlflow.tracking import MlflowClient
+
+log = logging.getLogger(__name__)
+
+DEFAULT_ROOT = Path("mlruns")
+TAG_ROLE = "playbook.role"
+TAG_STUDY = "playbook.study"
+TAG_TRIAL = "playbook.trial_number"
+TAG_STATE = "playbook.trial_state"
+# Limits of MLflow 3.x (mlflow.utils.validation): values past them make log calls fail.
+MAX_BATCH_METRICS = 1000
+MAX_BATCH_PARAMS_AND_TAGS = 100
+MAX_PARAM_LENGTH = 6000
+
+_KEY_FORBIDDEN = re.compile(r"[^A-Za-z0-9_\-./ ]")
+
+
+def default_tracking_uri(root: Path = DEFAULT_ROOT) -> str:
+    """Return ``MLFLOW_TRACKING_URI`` if set, else a SQLite store under ``root``."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{root.as_posix()}/mlflow.db"
+
+
+def sanitize_keys(names: list[str]) -> dict[str, str]:
+    """Map each name to an MLflow-safe key, adding a short hash where two would collide."""
+    keys: dict[str, str] = {}
+    taken: dict[str, str] = {}
+    for name in names:
+        key = _KEY_FORBIDDEN.sub("_", name)[:200]
+        if key in taken and taken[key] != name:
+            key = f"{key}_{hashlib.sha1(name.encode()).hexdigest()[:6]}"
+        taken[key] = name
+        keys[name] = key
+    return keys
+
+
+def sanitize_key(name: str) -> str:
+    """Replace characters MLflow rejects in keys with '_'."""
+    return _KEY_FORBIDDEN.sub("_", name)[:250]
+
+
+def _sqlite_artifact_root(tracking_uri: str) -> str | None:
+    """For a local SQLite store, keep artifacts in an ``artifacts`` folder beside the database."""
+    if not tracking_uri.startswith("sqlite:///"):
+        return None
+    database = Path(tracking_uri.removeprefix("sqlite:///"))
+    return (database.parent / "artifacts").resolve().as_uri()
+
+
+def ensure_sqlite_folder(uri: str) -> None:
+    """Create the folder of a ``sqlite:///`` database file so SQLite can create the file."""
+    if uri.startswith("sqlite:///"):
+        Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+
+
+class Tracker:
+    """Experiment and runs of one study."""
+
+    def __init__(self, tracking_uri: str, study_name: str) -> None:
+        ensure_sqlite_folder(tracking_uri)
+        self.tracking_uri = tracking_uri
+        self.client = MlflowClient(tracking_uri=tracking_uri)
+        self.study_name = study_name
+        experiment = self.client.get_experiment_by_name(study_name)
+        if experiment is None:
+            self.experiment_id = self.client.create_experiment(
+                study_name, artifact_location=self._artifact_location(),
+                tags={TAG_STUDY: study_name})
+        else:
+            if experiment.lifecycle_stage == "deleted":
+                raise RuntimeError(f"MLflow experiment '{study_name}' is deleted; restore it with "
+                                   f"'mlflow experiments restore' or choose another study name")
+            self.experiment_id = experiment.experiment_id
+
+    def _artifact_location(self) -> str | None:
+        root = _sqlite_artifact_root(self.tracking_uri)
+        return None if root is None else f"{root}/{sanitize_key(self.study_name)}"
+
+    # -- runs ---------------------------------------------------------------
+
+    def find_parent_run(self) -> str | None:
+        """Return the id of the study's parent run, or None before the first run."""
+        runs = self.client.search_runs(
+            [self.experiment_id], filter_string=f"tags.`{TAG_ROLE}` = 'study'",
+            max_results=1, order_by=["attributes.start_time ASC"])
+        return runs[0].info.run_id if runs else None
+
+    def create_parent_run(self) -> str:
+        run = self.client.create_run(self.experiment_id, run_name=f"study-{self.study_name}",
+                                     tags={TAG_ROLE: "study", TAG_STUDY: self.study_name})
+        return run.info.run_id
+
+    def create_trial_run(self, parent_run_id: str, trial_number: int, params: dict[str, Any]) -> str:
+        """Start the nested run of one trial and write its params once."""
+        run = self.client.create_run(self.experiment_id, run_name=f"trial-{trial_number}", tags={
+            "mlflow.parentRunId": parent_run_id,
+            TAG_ROLE: "trial",
+            TAG_STUDY: self.study_name,
+            TAG_TRIAL: str(trial_number),
+            TAG_STATE: "RUNNING",
+        })
+        self.log_params(run.info.run_id, params)
+        return run.info.run_id
+
+    def reopen(self, run_id: str) -> None:
+        self.client.update_run(run_id, status=RunStatus.to_string(RunStatus.RUNNING))
+
+    def finish(self, run_id: str, status: str = "FINISHED") -> None:
+        """Close a run as FINISHED, FAILED or KILLED."""
+        self.client.set_terminated(run_id, status=status)
+
+    # -- values -------------------------------------------------------------
+
+    def log_params(self, run_id: str, params: dict[str, Any]) -> None:
+        """Write params in batches; a value past MLflow's length limit goes to an artifact."""
+        items = []
+        for key, value in params.items():
+            text = str(value)
+            if len(text) > MAX_PARAM_LENGTH:
+                log.warning("param %s is %d characters, over MLflow's %d; logging it as "
+                            "artifact params/%s.txt and a truncated param",
+                            key, len(text), MAX_PARAM_LENGTH, sanitize_key(key))
+                self.log_text(run_id, text, f"params/{sanitize_key(key)}.txt")
+                text = text[: MAX_PARAM_LENGTH - 3] + "..."
+            items.append(Param(sanitize_key(key), text))
+        for start in range(0, len(items), MAX_BATCH_PARAMS_AND_TAGS):
+            self.client.log_batch(run_id, params=items[start:start + MAX_BATCH_PARAMS_AND_TAGS])
+
+    def log_metrics(self, run_id: str, metrics: dict[str, float], step: int = 0) -> None:
+        """Write metrics in batches of at most MLflow's limit; non-finite values are skipped."""
+        stamp = int(time.time() * 1000)
+        items = [Metric(sanitize_key(key), float(value), stamp, step)
+                 for key, value in metrics.items() if value is not None and _finite(value)]
+        for start in range(0, len(items), MAX_BATCH_METRICS):
+            self.client.log_batch(run_id, metrics=items[start:start + MAX_BATCH_METRICS])
+
+    def set_tags(self, run_id: str, tags: dict[str, Any]) -> None:
+        items = [RunTag(sanitize_key(key), str(value)[:8000]) for key, value in tags.items()]
+        for start in range(0, len(items), MAX_BATCH_PARAMS_AND_TAGS):
+            self.client.log_batch(run_id, tags=items[start:start + MAX_BATCH_PARAMS_AND_TAGS])
+
+    # -- artifacts ----------------------------------------------------------
+
+    def log_file(self, run_id: str, path: Path, folder: str | None = None) -> None:
+        self.client.log_artifact(run_id, str(path), artifact_path=folder)
+
+    def log_text(self, run_id: str, content: str, name: str) -> None:
+        folder, _, filename = name.rpartition("/")
+        with tempfile.TemporaryDirectory() as scratch:
+            path = Path(scratch) / filename
+            path.write_text(content, encoding="utf-8")
+            self.log_file(run_id, path, folder or None)
+
+    def log_json(self, run_id: str, data: Any, name: str) -> None:
+        self.log_text(run_id, json.dumps(data, indent=2, ensure_ascii=False), name)
+
+    def log_state_dict(self, run_id: str, model: torch.nn.Module, name: str = "model/state_dict.pt") -> None:
+        """Save the model's weights (state dict only, so loading needs no pickled code)."""
+        folder, _, filename = name.rpartition("/")
+        with tempfile.TemporaryDirectory() as scratch:
+            path = Path(scratch) / filename
+            torch.save({key: value.cpu() for key, value in model.state_dict().items()}, path)
+            self.log_file(run_id, path, folder or None)
+
+
+def _finite(value: float) -> bool:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return False
+    return number == number and number not in (float("inf"), float("-inf"))
