@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import pickle
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -133,22 +134,50 @@ def _load_digits() -> tuple[torch.Tensor, torch.Tensor, list[str], list[str]]:
 
 
 def _load_cifar10(root: Path) -> tuple[torch.Tensor, torch.Tensor, list[str], list[str]]:
-    from torchvision.datasets import CIFAR10
+    """Read the CIFAR-10 python layout: data_batch_1..5, test_batch and batches.meta."""
+    folder = root / "cifar-10-batches-py"
+    names = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
+    missing = [name for name in names + ["batches.meta"] if not (folder / name).is_file()]
+    if missing:
+        raise DataError(f"CIFAR-10 files missing under {folder}: {', '.join(missing)}; unpack "
+                        "cifar-10-python.tar.gz into data.path. Nothing is downloaded.")
+    arrays, labels, sources = [], [], []
+    for name in names:
+        batch = _read_cifar_pickle(folder / name)
+        data = np.asarray(batch[b"data"], dtype=np.uint8)
+        if data.ndim != 2 or data.shape[1] != 3 * 32 * 32:
+            raise DataError(f"{folder / name}: expected rows of 3072 pixel values, got shape {data.shape}")
+        arrays.append(data.reshape(-1, 3, 32, 32))
+        batch_labels = list(batch[b"labels"])
+        labels += batch_labels
+        sources += [f"cifar10/{name}/{i}" for i in range(len(batch_labels))]
+    meta = _read_cifar_pickle(folder / "batches.meta")
+    classes = [label.decode() if isinstance(label, bytes) else str(label) for label in meta[b"label_names"]]
+    return (torch.from_numpy(np.concatenate(arrays)), torch.tensor(labels, dtype=torch.int64),
+            classes, sources)
 
-    parts = []
-    for train in (True, False):
-        try:
-            dataset = CIFAR10(str(root), train=train, download=False)
-        except RuntimeError as error:
-            raise DataError(
-                f"CIFAR-10 not readable under {root / 'cifar-10-batches-py'}: {error}; "
-                "unpack cifar-10-python.tar.gz there. Nothing is downloaded."
-            ) from None
-        parts.append(("train" if train else "test", dataset))
-    images = torch.cat([torch.from_numpy(d.data).permute(0, 3, 1, 2) for _, d in parts]).contiguous()
-    labels = torch.cat([torch.tensor(d.targets, dtype=torch.int64) for _, d in parts])
-    sources = [f"cifar10/{name}/{i}" for name, d in parts for i in range(len(d.targets))]
-    return images, labels, list(parts[0][1].classes), sources
+
+class _ArrayUnpickler(pickle.Unpickler):
+    """Unpickler that builds only numpy arrays, so a crafted file cannot run code."""
+
+    ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+               ("numpy", "ndarray"), ("numpy", "dtype")}
+
+    def find_class(self, module: str, name: str) -> object:
+        if (module, name) not in self.ALLOWED:
+            raise pickle.UnpicklingError(f"refusing to load {module}.{name} from a CIFAR-10 file")
+        return super().find_class(module, name)
+
+
+def _read_cifar_pickle(path: Path) -> dict:
+    try:
+        with path.open("rb") as handle:
+            content = _ArrayUnpickler(handle, encoding="bytes").load()
+    except (pickle.UnpicklingError, EOFError, ValueError) as error:
+        raise DataError(f"{path} is not a readable CIFAR-10 batch: {error}") from None
+    if not isinstance(content, dict):
+        raise DataError(f"{path} is not a CIFAR-10 batch: expected a dict, got {type(content).__name__}")
+    return content
 
 
 def _load_imagefolder(root: Path, channels: int | None, image_size: int | None

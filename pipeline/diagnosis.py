@@ -62,7 +62,8 @@ def diagnose(train_error: float, train_dev_error: float, dev_error: float,
         "variance": train_dev_error - train_error,
         "data_mismatch": dev_error - train_dev_error,
     }
-    ranked = sorted((name for name, value in gaps.items() if value > min_gap),
+    # The tolerance keeps float noise (0.11 - 0.10 = 0.01000...09) from crossing the threshold.
+    ranked = sorted((name for name, value in gaps.items() if value > min_gap + 1e-9),
                     key=lambda name: (-gaps[name], GAPS.index(name)))
     return Diagnosis(human, human_level_error is None, train_error, train_dev_error, dev_error,
                      ranked=ranked, min_gap=min_gap, **gaps)

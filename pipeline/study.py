@@ -21,7 +21,13 @@ from pipeline.baseline import BaselineResult, run_baseline
 from pipeline.data import ImageData, Split, load_images, prepare, split_dataset
 from pipeline.error_analysis import brightness_thresholds
 from pipeline.spec import StudySpec, spec_to_dict
-from pipeline.tracking import DEFAULT_ROOT, Tracker, default_tracking_uri, ensure_sqlite_folder
+from pipeline.tracking import (
+    DEFAULT_ROOT,
+    Tracker,
+    absolute_sqlite_uri,
+    default_tracking_uri,
+    ensure_sqlite_folder,
+)
 from pipeline.trial import StudyContext, run_trial
 
 log = logging.getLogger(__name__)
@@ -116,7 +122,7 @@ def run_study(spec: StudySpec, trials: int | None = None, storage: str | None = 
 
     ensure_sqlite_folder(storage)
     study = optuna.create_study(
-        study_name=spec.name, storage=storage, direction=spec.objective.direction,
+        study_name=spec.name, storage=absolute_sqlite_uri(storage), direction=spec.objective.direction,
         load_if_exists=True,
     )
     if study.direction.name.lower() != spec.objective.direction:
@@ -152,9 +158,13 @@ def run_study(spec: StudySpec, trials: int | None = None, storage: str | None = 
     )
     log.info("running %d trial(s) of study '%s' on %s; tracking %s, storage %s",
              n_trials, spec.name, device, tracking_uri, storage)
-    study.optimize(lambda trial: run_trial(trial, context), n_trials=n_trials,
-                   timeout=spec.search.timeout_s, catch=(Exception,),
-                   callbacks=[_TrialLogger(spec)])
+    try:
+        study.optimize(lambda trial: run_trial(trial, context), n_trials=n_trials,
+                       timeout=spec.search.timeout_s, catch=(Exception,),
+                       callbacks=[_TrialLogger(spec)])
+    except BaseException:
+        tracker.finish(parent_run_id, "KILLED")
+        raise
 
     outcome = summarize(study, spec, storage, tracking_uri, tracker.experiment_id, parent_run_id,
                         new_trials=len(study.trials) - existing, baseline=baseline,

@@ -66,6 +66,19 @@ def _sqlite_artifact_root(tracking_uri: str) -> str | None:
     return (database.parent / "artifacts").resolve().as_uri()
 
 
+def absolute_sqlite_uri(uri: str) -> str:
+    """Anchor a relative ``sqlite:///`` path at the current folder.
+
+    MLflow caches one store per URI string in a process, so a relative URI used
+    from two folders would silently reach the first folder's database.
+    """
+    if not uri.startswith("sqlite:///") or uri.startswith("sqlite:////"):
+        return uri
+    path, _, query = uri.removeprefix("sqlite:///").partition("?")
+    absolute = "sqlite:///" + Path(path).resolve().as_posix()
+    return f"{absolute}?{query}" if query else absolute
+
+
 def ensure_sqlite_folder(uri: str) -> None:
     """Create the folder of a ``sqlite:///`` database file so SQLite can create the file."""
     if uri.startswith("sqlite:///"):
@@ -77,8 +90,8 @@ class Tracker:
 
     def __init__(self, tracking_uri: str, study_name: str) -> None:
         ensure_sqlite_folder(tracking_uri)
-        self.tracking_uri = tracking_uri
-        self.client = MlflowClient(tracking_uri=tracking_uri)
+        self.tracking_uri = absolute_sqlite_uri(tracking_uri)
+        self.client = MlflowClient(tracking_uri=self.tracking_uri)
         self.study_name = study_name
         experiment = self.client.get_experiment_by_name(study_name)
         if experiment is None:

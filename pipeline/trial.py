@@ -116,6 +116,10 @@ def run_trial(trial: optuna.Trial, context: StudyContext) -> float:
                                   "playbook.error": f"{type(error).__name__}: {error}"})
         tracker.finish(run_id, "FAILED")
         raise
+    except BaseException:  # KeyboardInterrupt or SystemExit: close the run, then stop
+        tracker.set_tags(run_id, {TAG_STATE: "INTERRUPTED"})
+        tracker.finish(run_id, "KILLED")
+        raise
 
     for name, violation in result.constraint_violations.items():
         trial.set_constraint(name, violation)
@@ -224,6 +228,7 @@ def _log_result(tracker: Tracker, run_id: str, result: TrialResult, model: torch
     tracker.set_tags(run_id, {"playbook.latency_device": result.latency.device,
                               "playbook.latency_batch_size": result.latency.batch_size,
                               "playbook.latency_threads": result.latency.threads,
+                              "playbook.zero_division": dev.zero_division,
                               "playbook.main_gap": result.diagnosis.main_gap or "none"})
 
     evaluation = {
