@@ -269,6 +269,8 @@ class SearchSpec(SpecModel):
 
     trials: int = Field(10, ge=1)
     sampler: Literal["random"] = "random"
+    pruner: Literal["none", "median", "hyperband"] = "none"
+    pruner_warmup_epochs: int = Field(2, ge=0)
     timeout_s: float | None = Field(None, gt=0)
 
 

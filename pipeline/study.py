@@ -89,6 +89,19 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def make_pruner(spec: StudySpec) -> optuna.pruners.BasePruner:
+    """Build the spec's pruner; it reads the dev metric that each epoch reports."""
+    if spec.search.pruner == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=spec.search.pruner_warmup_epochs)
+    if spec.search.pruner == "hyperband":
+        epochs = spec.train.epochs
+        max_epochs = getattr(epochs, "value", None) or getattr(epochs, "high", None) or max(epochs.choices)
+        return optuna.pruners.HyperbandPruner(min_resource=max(1, spec.search.pruner_warmup_epochs),
+                                              max_resource=int(max_epochs))
+    # Optuna's default is a median pruner; a plain search must not prune silently.
+    return optuna.pruners.NopPruner()
+
+
 def load_and_split(spec: StudySpec) -> tuple[ImageData, Split]:
     """Data stage for the whole study: decode once and split with the spec's seed."""
     data = load_images(spec.data)
@@ -123,7 +136,7 @@ def run_study(spec: StudySpec, trials: int | None = None, storage: str | None = 
     ensure_sqlite_folder(storage)
     study = optuna.create_study(
         study_name=spec.name, storage=absolute_sqlite_uri(storage), direction=spec.objective.direction,
-        load_if_exists=True,
+        pruner=make_pruner(spec), load_if_exists=True,
     )
     if study.direction.name.lower() != spec.objective.direction:
         raise StudyError(f"study '{spec.name}' in {storage} was created to "
