@@ -274,8 +274,8 @@ def split_dataset(labels: torch.Tensor | np.ndarray, fractions: Fractions, seed:
     """Split indices into train, train-dev, dev and test, stratified by label.
 
     Each class is shuffled with ``seed`` and cut by the fractions, rounding by largest
-    remainder; so every part keeps the class proportions up to one image per class,
-    and the same labels, fractions and seed always give the same split.
+    remainder. Every part therefore keeps the class proportions up to one image per
+    class, and the same labels, fractions and seed always give the same split.
     """
     labels = np.asarray(labels)
     shares = np.array([getattr(fractions, name) for name in SPLITS])

@@ -20,7 +20,7 @@ class Diagnosis:
     """The error figures, the gaps between them and the ranked gaps worth acting on."""
 
     human_level_error: float
-    human_level_assumed: bool  # True when the spec gave no human level and 0 stands in
+    human_level_assumed: bool  # True when the spec gave no human level, so 0 is used
     train_error: float
     train_dev_error: float
     dev_error: float

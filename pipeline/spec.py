@@ -1,8 +1,8 @@
 """Study specs: the YAML file a user writes, validated before anything runs.
 
 Every field has a default except ``name``, so the smallest spec is one line.
-Validation errors name the field, echo the bad value and say what to change;
-``load_spec`` collects them all before returning, and nothing is created on disk.
+Each validation error names the field, echoes the bad value and suggests a fix.
+``load_spec`` collects all of them before raising, and creates nothing on disk.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from pipeline.params import Choice, Fixed, Param, check_bounds, describe, parse_
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULES = ("constant", "cosine")
-# Metrics the evaluation stage reports; the bool says whether larger is better.
+# Metrics the evaluation stage reports, mapped to True where larger is better.
 METRICS: dict[str, bool] = {
     "accuracy": True,
     "macro_f1": True,
@@ -37,6 +37,8 @@ METRICS: dict[str, bool] = {
     "latency_p95_ms": False,
     "param_count": False,
 }
+# Metrics also computed on dev after every epoch, which pruners can compare.
+PER_EPOCH_METRICS = ("accuracy", "macro_f1", "macro_precision", "macro_recall")
 
 
 class SpecError(ValueError):
@@ -314,6 +316,16 @@ class StudySpec(SpecModel):
     latency: LatencySpec = LatencySpec()
     error_analysis: ErrorAnalysisSpec = ErrorAnalysisSpec()
     diagnosis: DiagnosisSpec = DiagnosisSpec()
+
+    @model_validator(mode="after")
+    def _pruner_needs_epoch_metric(self) -> StudySpec:
+        if self.search.pruner != "none" and self.objective.metric not in PER_EPOCH_METRICS:
+            raise ValueError(
+                f"search.pruner '{self.search.pruner}' compares the per-epoch dev metric, but "
+                f"objective.metric '{self.objective.metric}' is measured once after training; "
+                f"use one of {', '.join(PER_EPOCH_METRICS)} or set search.pruner: none"
+            )
+        return self
 
 
 def load_spec(path: str | Path) -> StudySpec:

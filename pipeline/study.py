@@ -57,7 +57,7 @@ class TrialSummary:
 
 @dataclass(frozen=True)
 class StudyOutcome:
-    """What a finished ``run_study`` call reports."""
+    """Report of a finished ``run_study`` call."""
 
     study_name: str
     storage: str

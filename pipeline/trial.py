@@ -23,7 +23,7 @@ from pipeline.error_analysis import ErrorAnalysis, analyze_errors
 from pipeline.evaluate import Latency, Predictions, evaluate, measure_latency, predictions
 from pipeline.metrics import Metrics, classification_metrics
 from pipeline.models import build_model, count_parameters
-from pipeline.spec import METRICS, StudySpec, TrainSpec
+from pipeline.spec import METRICS, PER_EPOCH_METRICS, StudySpec, TrainSpec
 from pipeline.tracking import TAG_STATE, Tracker, sanitize_keys
 from pipeline.train import Diverged, EpochResult, TrainConfig, TrainResult, train_model
 
@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class StudyContext:
-    """What every trial of a study shares: spec, data, split, device and tracking."""
+    """State shared by every trial of a study: spec, data, split, device and tracking."""
 
     spec: StudySpec
     data: ImageData
@@ -144,8 +144,8 @@ def _run_stages(trial: optuna.Trial, context: StudyContext, hyperparameters: dic
                             ("optimizer", "lr", "weight_decay", "momentum", "batch_size", "epochs",
                              "schedule", "augment_flip")}, seed=seed)
     labels = list(range(data.num_classes))
-    report_metric = spec.objective.metric if spec.objective.metric in ("accuracy", "macro_f1",
-                                                                       "macro_precision", "macro_recall") else "accuracy"
+    # A pruner needs a per-epoch objective (the spec enforces that); otherwise report accuracy.
+    report_metric = spec.objective.metric if spec.objective.metric in PER_EPOCH_METRICS else "accuracy"
 
     def on_epoch(epoch: EpochResult) -> None:
         dev_now = classification_metrics(context.prepared.y["dev"].numpy(), epoch.dev_predicted, labels)

@@ -56,4 +56,5 @@ def test_categories_and_breakdown():
     assert pair.ceiling == pytest.approx(0.5)
     assert result.breakdown["too_dark"].count == 1
     assert result.errors[1].source == "img102"
-    assert result.errors[1].true_label == "c" and result.errors[1].predicted_label == "a"
+    assert result.errors[1].true_label == "c"
+    assert result.errors[1].predicted_label == "a"

@@ -41,7 +41,8 @@ def test_yaml_exponent_without_dot():
 
 def test_unknown_key_named():
     text = _problems({"name": "x", "trian": {}})
-    assert "unknown key 'trian'" in text and "did you mean 'train'" in text
+    assert "unknown key 'trian'" in text
+    assert "did you mean 'train'" in text
 
 
 def test_unknown_nested_key_named():
@@ -51,24 +52,31 @@ def test_unknown_nested_key_named():
 
 def test_unknown_model_named():
     text = _problems({"name": "x", "model": {"arch": "vgg99"}})
-    assert "model.arch" in text and "'vgg99'" in text and "small_cnn" in text
+    assert "model.arch" in text
+    assert "'vgg99'" in text
+    assert "small_cnn" in text
 
 
 def test_log_range_low_not_positive():
     text = _problems({"name": "x", "train": {"weight_decay": {"low": 0, "high": 1e-3, "log": True}}})
-    assert "train.weight_decay" in text and "low > 0" in text and "low=0" in text
+    assert "train.weight_decay" in text
+    assert "low > 0" in text
+    assert "low=0" in text
 
 
 def test_fractions_must_sum_to_one():
     text = _problems({"name": "x", "data": {"fractions": {"train": 0.8, "train_dev": 0.1,
                                                           "dev": 0.1, "test": 0.1}}})
-    assert "data.fractions" in text and "1.1" in text and "sum to 1" in text
+    assert "data.fractions" in text
+    assert "1.1" in text
+    assert "sum to 1" in text
 
 
 def test_missing_data_path(tmp_path):
     missing = tmp_path / "nowhere"
     text = _problems({"name": "x", "data": {"source": "imagefolder", "path": str(missing)}})
-    assert "data.path" in text and str(missing) in text
+    assert "data.path" in text
+    assert str(missing) in text
 
 
 def test_imagefolder_needs_path():
@@ -82,7 +90,9 @@ def test_cifar10_root_names_expected_folder(tmp_path):
 
 def test_several_problems_reported_together():
     text = _problems({"name": "x", "train": {"lr": -1, "epochs": 0}, "objective": {"metric": "auc"}})
-    assert "train.lr" in text and "train.epochs" in text and "objective.metric" in text
+    assert "train.lr" in text
+    assert "train.epochs" in text
+    assert "objective.metric" in text
 
 
 def test_constraint_needs_one_bound():
@@ -117,3 +127,9 @@ def test_shipped_specs_validate():
     for path in sorted(Path(__file__).resolve().parents[1].glob("studies/*.yaml")):
         spec = load_spec(path) if "cifar" not in path.name else None
         assert spec is None or spec.name
+
+
+def test_pruner_needs_per_epoch_metric():
+    text = _problems({"name": "x", "search": {"pruner": "median"}, "objective": {"metric": "latency_p95_ms"}})
+    assert "search.pruner" in text
+    assert "set search.pruner: none" in text

@@ -141,7 +141,7 @@ def test_infeasible_trials_never_best(workdir, tiny_spec):
 
 def test_failed_trial_does_not_stop_study(workdir, tiny_spec, monkeypatch):
     # Batch norm keeps this small net from diverging on its own, so the SGD trials start
-    # from NaN weights; the real training loop must then detect the NaN loss.
+    # from NaN weights. The real training loop must then detect the NaN loss.
     import pipeline.trial
 
     real_train = pipeline.trial.train_model

@@ -58,7 +58,9 @@ def test_latency_percentiles_ordered():
     model = build_model("small_cnn", 1, 10, 8, {"depth": 1, "width": 4})
     latency = measure_latency(model, torch.randn(20, 1, 8, 8), torch.device("cpu"), warmup=2, repeats=20)
     assert 0 < latency.p50_ms <= latency.p95_ms
-    assert latency.device == "cpu" and latency.batch_size == 1 and latency.repeats == 20
+    assert latency.device == "cpu"
+    assert latency.batch_size == 1
+    assert latency.repeats == 20
 
 
 def test_training_is_reproducible():
