@@ -67,6 +67,8 @@ def configure_logging(verbose: bool, quiet: bool) -> None:
     root.setLevel(logging.WARNING if not verbose else logging.DEBUG)
     log.setLevel(level)
 
+    # MLflow sets its loggers' levels when imported, so import it before overriding them.
+    import mlflow  # noqa: F401
     import optuna
 
     optuna.logging.disable_default_handler()
