@@ -1,8 +1,9 @@
 """Diagnosis stage: split the dev error into avoidable bias, variance and data mismatch.
 
-With error rates e_human ≤ e_train ≤ e_train_dev ≤ e_dev in the usual case:
+With error rates e_human ≤ e_train ≤ e_train_dev ≤ e_dev ≤ e_test in the usual case:
 avoidable bias = e_train − e_human, variance = e_train_dev − e_train,
-data mismatch = e_dev − e_train_dev. Gaps above ``min_gap`` are ranked, largest
+data mismatch = e_dev − e_train_dev, and, once the final test has run,
+overfitting to dev = e_test − e_dev. Gaps above ``min_gap`` are ranked, largest
 first, and each maps to the catalogue's advice for it.
 """
 
@@ -12,7 +13,7 @@ from dataclasses import asdict, dataclass
 
 from pipeline.messages import text
 
-GAPS = ("avoidable_bias", "variance", "data_mismatch")
+GAPS = ("avoidable_bias", "variance", "data_mismatch", "dev_overfitting")
 
 
 @dataclass(frozen=True)
@@ -29,25 +30,29 @@ class Diagnosis:
     data_mismatch: float
     ranked: list[str]  # gap names above min_gap, largest first
     min_gap: float
+    test_error: float | None = None
+    dev_overfitting: float | None = None  # test error − dev error, once the final test has run
 
     @property
     def main_gap(self) -> str | None:
         return self.ranked[0] if self.ranked else None
 
     def gaps(self) -> dict[str, float]:
-        return {name: getattr(self, name) for name in GAPS}
+        """Return every gap that could be computed, by name."""
+        return {name: getattr(self, name) for name in GAPS if getattr(self, name) is not None}
 
     def to_dict(self) -> dict:
         return {**asdict(self), "main_gap": self.main_gap}
 
     @classmethod
     def from_dict(cls, data: dict) -> Diagnosis:
-        return cls(**{name: data[name] for name in cls.__dataclass_fields__})
+        return cls(**{name: data[name] for name in cls.__dataclass_fields__ if name in data})
 
 
 def diagnose(train_error: float, train_dev_error: float, dev_error: float,
-             human_level_error: float | None = None, min_gap: float = 0.01) -> Diagnosis:
-    """Compute the three gaps and rank those larger than ``min_gap``.
+             human_level_error: float | None = None, min_gap: float = 0.01,
+             test_error: float | None = None) -> Diagnosis:
+    """Compute the gaps and rank those larger than ``min_gap``.
 
     Args:
         train_error: error on the train split, in eval mode, as a fraction.
@@ -55,6 +60,7 @@ def diagnose(train_error: float, train_dev_error: float, dev_error: float,
         dev_error: error on dev.
         human_level_error: proxy for the optimal error; 0 when not given.
         min_gap: gaps at or below this are not worth a recommendation.
+        test_error: error on test, known only after the final test.
     """
     human = 0.0 if human_level_error is None else human_level_error
     gaps = {
@@ -62,11 +68,13 @@ def diagnose(train_error: float, train_dev_error: float, dev_error: float,
         "variance": train_dev_error - train_error,
         "data_mismatch": dev_error - train_dev_error,
     }
+    if test_error is not None:
+        gaps["dev_overfitting"] = test_error - dev_error
     # The tolerance keeps float noise (0.11 - 0.10 = 0.01000...09) from crossing the threshold.
     ranked = sorted((name for name, value in gaps.items() if value > min_gap + 1e-9),
                     key=lambda name: (-gaps[name], GAPS.index(name)))
     return Diagnosis(human, human_level_error is None, train_error, train_dev_error, dev_error,
-                     ranked=ranked, min_gap=min_gap, **gaps)
+                     ranked=ranked, min_gap=min_gap, test_error=test_error, **gaps)
 
 
 def render(diagnosis: Diagnosis, lang: str = "en") -> str:
@@ -78,7 +86,11 @@ def render(diagnosis: Diagnosis, lang: str = "en") -> str:
                       dev=pct(diagnosis.dev_error)))
     if diagnosis.human_level_assumed:
         lines.append("  (" + text("diagnosis.human_assumed", lang) + ")")
-    lines.append(text("diagnosis.gaps", lang, **{name: pct(value) for name, value in diagnosis.gaps().items()}))
+    gaps = diagnosis.gaps()
+    lines.append(text("diagnosis.gaps", lang, **{name: pct(gaps[name]) for name in GAPS[:3]}))
+    if diagnosis.test_error is not None:
+        lines.append(text("diagnosis.test", lang, test=pct(diagnosis.test_error),
+                          dev_overfitting=pct(gaps["dev_overfitting"])))
     if diagnosis.avoidable_bias < 0 and not diagnosis.human_level_assumed:
         lines.append(text("diagnosis.better_than_human", lang, value=pct(-diagnosis.avoidable_bias)))
     if diagnosis.main_gap is None:

@@ -52,6 +52,15 @@ CATALOGUE: dict[str, dict[str, str]] = {
         "en": "Error: human-level {human} · train {train} · train-dev {train_dev} · dev {dev}",
         "vi": "Lỗi: mức con người {human} · train {train} · train-dev {train_dev} · dev {dev}",
     },
+    "diagnosis.test": {
+        "en": "Final test: error {test} · overfitting to dev (test − dev) {dev_overfitting}",
+        "vi": "Test cuối cùng: lỗi {test} · overfit tập dev (test − dev) {dev_overfitting}",
+    },
+    "diagnosis.gap.dev_overfitting": {"en": "overfitting to dev", "vi": "overfit tập dev"},
+    "advice.dev_overfitting": {
+        "en": "Reduce overfitting to dev: the search tuned itself to the dev set, so get a bigger dev set, and compare fewer trials on it.",
+        "vi": "Giảm overfit tập dev: quá trình tìm kiếm đã khớp theo tập dev, vì vậy hãy dùng tập dev lớn hơn và so sánh ít trial hơn trên nó.",
+    },
     "diagnosis.human_assumed": {
         "en": "human-level error not set in the spec; 0 is used as the optimal error",
         "vi": "spec không đặt human-level error; dùng 0 làm sai số tối ưu",

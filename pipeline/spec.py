@@ -284,14 +284,59 @@ class LatencySpec(SpecModel):
     repeats: int = Field(100, ge=5)
 
 
-class ErrorAnalysisSpec(SpecModel):
-    """Thresholds of the error categories."""
+class BrightnessSettings(SpecModel):
+    """Too dark / too bright: mean pixel value in [0, 1] below or above a cut-off."""
 
-    low_confidence: float = Field(0.5, gt=0, lt=1)
     dark_percentile: float = Field(5.0, ge=0, le=50)
     bright_percentile: float = Field(95.0, ge=50, le=100)
-    confused_pairs: int = Field(3, ge=0)
+    dark: float | None = Field(None, ge=0, le=1)  # fixed cut-off; None takes the train percentile
+    bright: float | None = Field(None, ge=0, le=1)
+
+
+class PercentileSettings(SpecModel):
+    """A statistic below a cut-off: a fixed value, or else a percentile of train images."""
+
+    percentile: float = Field(5.0, ge=0, le=100)
+    threshold: float | None = Field(None, ge=0)
+
+
+class ConfidenceSettings(SpecModel):
+    """A cut-off on the predicted class's softmax probability."""
+
+    threshold: float = Field(gt=0, lt=1)
+
+
+class ConfusedPairsSettings(SpecModel):
+    """How many of the most-confused (true, predicted) pairs become categories."""
+
+    count: int = Field(3, ge=1, le=100)
+
+
+def _disabled_as_none(value: Any) -> Any:
+    return None if value is False else value
+
+
+class Categorizers(SpecModel):
+    """Error categories to assign; set one to ``false`` (or null) to turn it off."""
+
+    brightness: Annotated[BrightnessSettings | None, BeforeValidator(_disabled_as_none)] = BrightnessSettings()
+    contrast: Annotated[PercentileSettings | None, BeforeValidator(_disabled_as_none)] = PercentileSettings()
+    blur: Annotated[PercentileSettings | None, BeforeValidator(_disabled_as_none)] = PercentileSettings()
+    low_confidence: Annotated[ConfidenceSettings | None, BeforeValidator(_disabled_as_none)] = (
+        ConfidenceSettings(threshold=0.5))
+    high_confidence: Annotated[ConfidenceSettings | None, BeforeValidator(_disabled_as_none)] = (
+        ConfidenceSettings(threshold=0.9))
+    confused_pairs: Annotated[ConfusedPairsSettings | None, BeforeValidator(_disabled_as_none)] = (
+        ConfusedPairsSettings())
+
+
+class ErrorAnalysisSpec(SpecModel):
+    """Error categories, manual tags and the pictures of dev errors."""
+
+    categorizers: Categorizers = Categorizers()
+    manual_tags: Path | None = None  # CSV with columns index,tag
     grid_size: int = Field(36, ge=1, le=400)
+    gallery_size: int = Field(16, ge=1, le=400)
 
 
 class DiagnosisSpec(SpecModel):
@@ -352,27 +397,40 @@ def parse_spec(raw: dict[str, Any], base_dir: Path | None = None, source: str = 
         spec = StudySpec.model_validate(raw)
     except ValidationError as error:
         raise SpecError(format_errors(error), source=source) from None
-    if spec.data.path is not None and base_dir is not None and not spec.data.path.is_absolute():
-        data = spec.data.model_copy(update={"path": (base_dir / spec.data.path).resolve()})
-        spec = spec.model_copy(update={"data": data})
+    if base_dir is not None:
+        spec = _resolve_relative_paths(spec, base_dir)
     problems = _check_paths(spec)
     if problems:
         raise SpecError(problems, source=source)
     return spec
 
 
+def _resolve_relative_paths(spec: StudySpec, base_dir: Path) -> StudySpec:
+    """Take relative paths in the spec from the spec file's folder."""
+    if spec.data.path is not None and not spec.data.path.is_absolute():
+        data = spec.data.model_copy(update={"path": (base_dir / spec.data.path).resolve()})
+        spec = spec.model_copy(update={"data": data})
+    tags = spec.error_analysis.manual_tags
+    if tags is not None and not tags.is_absolute():
+        analysis = spec.error_analysis.model_copy(update={"manual_tags": (base_dir / tags).resolve()})
+        spec = spec.model_copy(update={"error_analysis": analysis})
+    return spec
+
+
 def _check_paths(spec: StudySpec) -> list[str]:
+    problems = []
+    tags = spec.error_analysis.manual_tags
+    if tags is not None and not tags.is_file():
+        problems.append(f"error_analysis.manual_tags: file not found: {tags}; give a CSV with columns index,tag")
     path = spec.data.path
-    if path is None:
-        return []
-    if not path.is_dir():
-        return [f"data.path: folder not found: {path}; point data.path at an existing folder"]
-    if spec.data.source == "cifar10" and not (path / "cifar-10-batches-py").is_dir():
-        return [
+    if path is not None and not path.is_dir():
+        problems.append(f"data.path: folder not found: {path}; point data.path at an existing folder")
+    elif spec.data.source == "cifar10" and not (path / "cifar-10-batches-py").is_dir():
+        problems.append(
             f"data.path: {path / 'cifar-10-batches-py'} not found; unpack the CIFAR-10 "
             "python archive (cifar-10-python.tar.gz) into data.path. Nothing is downloaded."
-        ]
-    return []
+        )
+    return problems
 
 
 def format_errors(error: ValidationError) -> list[str]:

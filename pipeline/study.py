@@ -19,7 +19,7 @@ import yaml
 
 from pipeline.baseline import BaselineResult, run_baseline
 from pipeline.data import ImageData, Split, load_images, prepare, split_dataset
-from pipeline.error_analysis import brightness_thresholds
+from pipeline.error_analysis import fit_thresholds, read_manual_tags
 from pipeline.spec import StudySpec, spec_to_dict
 from pipeline.tracking import (
     DEFAULT_ROOT,
@@ -132,6 +132,9 @@ def run_study(spec: StudySpec, trials: int | None = None, storage: str | None = 
 
     device = resolve_device(spec.device)
     data, split = load_and_split(spec)
+    manual_tags = None
+    if spec.error_analysis.manual_tags is not None:
+        manual_tags = read_manual_tags(spec.error_analysis.manual_tags, len(data.labels))
 
     ensure_sqlite_folder(storage)
     study = optuna.create_study(
@@ -166,7 +169,8 @@ def run_study(spec: StudySpec, trials: int | None = None, storage: str | None = 
     prepared = prepare(data, split)
     context = StudyContext(
         spec=spec, data=data, split=split, prepared=prepared, device=device,
-        brightness_thresholds=brightness_thresholds(data.images[torch.from_numpy(split.train)], spec.error_analysis),
+        thresholds=fit_thresholds(data.images[torch.from_numpy(split.train)], spec.error_analysis),
+        manual_tags=manual_tags,
         tracker=tracker, parent_run_id=parent_run_id, lang=lang,
     )
     log.info("running %d trial(s) of study '%s' on %s; tracking %s, storage %s",
