@@ -17,7 +17,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from pipeline.spec import DataSpec, Fractions
+from pipeline.spec import DataSpec, Fractions, ShiftSpec
 
 log = logging.getLogger(__name__)
 
@@ -93,25 +93,142 @@ class Normalization:
 
 
 def load_images(spec: DataSpec) -> ImageData:
-    """Decode every image of the spec's source once into a uint8 tensor.
+    """Decode every image of the spec's training source once into a uint8 tensor.
 
     Raises:
         DataError: a missing folder, an empty class, or an unreadable image.
     """
-    if spec.source == "digits":
-        images, labels, names, sources = _load_digits()
-    elif spec.source == "cifar10":
-        images, labels, names, sources = _load_cifar10(spec.path)
-    elif spec.source == "imagefolder":
-        images, labels, names, sources = _load_imagefolder(spec.path, spec.channels, spec.image_size)
-    else:
-        images, labels, names, sources = _load_fake(spec)
+    return load_source(spec.source, spec.path, channels=spec.channels, image_size=spec.image_size,
+                       fake_size=spec.fake_size, fake_classes=spec.fake_classes, fake_offset=spec.fake_offset)
 
-    if spec.channels is not None and images.shape[1] != spec.channels:
-        images = _convert_channels(images, spec.channels)
-    if spec.image_size is not None and images.shape[-1] != spec.image_size:
-        images = resize(images, spec.image_size)
+
+def load_source(source: str, path: Path | None, *, channels: int | None = None, image_size: int | None = None,
+                fake_size: int = 500, fake_classes: int = 10, fake_offset: int = 0) -> ImageData:
+    """Decode one source's images, converted to ``channels`` and resized to ``image_size`` when given."""
+    if source == "digits":
+        images, labels, names, sources = _load_digits()
+    elif source == "cifar10":
+        images, labels, names, sources = _load_cifar10(path)
+    elif source == "imagefolder":
+        images, labels, names, sources = _load_imagefolder(path, channels, image_size)
+    else:
+        images, labels, names, sources = _load_fake(fake_size, fake_classes, fake_offset, channels, image_size)
+
+    if channels is not None and images.shape[1] != channels:
+        images = _convert_channels(images, channels)
+    if image_size is not None and images.shape[-1] != image_size:
+        images = resize(images, image_size)
     return ImageData(images, labels, names, sources, _fingerprint(images, labels, names))
+
+
+def apply_shift(images: torch.Tensor, shift: ShiftSpec) -> torch.Tensor:
+    """Rotate, then scale contrast around each image's mean, then scale brightness; once, in uint8."""
+    from torchvision.transforms.v2 import functional as TF
+
+    shifted = images
+    if shift.rotate:
+        shifted = TF.rotate(shifted, shift.rotate, interpolation=TF.InterpolationMode.BILINEAR)
+    pixels = shifted.float()
+    if shift.contrast != 1.0:
+        mean = pixels.mean(dim=(1, 2, 3), keepdim=True)
+        pixels = mean + (pixels - mean) * shift.contrast
+    pixels = pixels * shift.brightness
+    return pixels.round().clamp(0, 255).to(torch.uint8)
+
+
+@dataclass(frozen=True)
+class Duplicates:
+    """Images with identical pixels in more than one split part."""
+
+    groups: list[dict[str, list[int]]]  # per pixel pattern: part name -> dataset indices
+
+    @property
+    def count(self) -> int:
+        return len(self.groups)
+
+    def describe(self, limit: int = 5) -> str:
+        shown = "; ".join(", ".join(f"{part} {indices}" for part, indices in group.items())
+                          for group in self.groups[:limit])
+        more = f"; and {self.count - limit} more" if self.count > limit else ""
+        return f"{self.count} image(s) appear in more than one split part: {shown}{more}"
+
+
+def find_duplicates(images: torch.Tensor, split: Split) -> Duplicates:
+    """Find images whose pixels are identical across split parts (within a part is allowed)."""
+    owners: dict[bytes, dict[str, list[int]]] = {}
+    flat = images.reshape(len(images), -1).numpy()
+    for name in SPLITS:
+        for index in split.part(name).tolist():
+            digest = hashlib.blake2b(flat[index].tobytes(), digest_size=16).digest()
+            owners.setdefault(digest, {}).setdefault(name, []).append(index)
+    return Duplicates([group for group in owners.values() if len(group) > 1])
+
+
+def load_study_data(spec: DataSpec) -> tuple[ImageData, Split, Duplicates]:
+    """Load and split a study's images, with dev and test from ``spec.dev_test`` when given.
+
+    The training source always supplies train and train-dev. Without ``dev_test``
+    it supplies all four parts. With a shift only, dev and test are shifted copies
+    of the images that the split puts there. With another source, dev and test come
+    from it alone. Identical images across parts are reported, or raise DataError
+    when ``spec.duplicates`` is "error".
+    """
+    main = load_images(spec)
+    fractions = spec.fractions
+    dev_test = spec.dev_test
+    if dev_test is None:
+        data = main
+        split = split_dataset(main.labels, fractions, spec.split_seed, main.fingerprint)
+    elif dev_test.source is None:
+        parts = _stratified_parts(main.labels.numpy(), _shares(fractions, SPLITS), spec.split_seed)
+        copy = apply_shift(main.images, dev_test.shift)
+        data = _concatenate(main, ImageData(copy, main.labels, main.class_names,
+                                            [f"{source} (shifted)" for source in main.sources], ""))
+        offset = len(main.labels)
+        parts["dev"], parts["test"] = parts["dev"] + offset, parts["test"] + offset
+        split = _make_split(parts, spec.split_seed, data.fingerprint)
+    else:
+        other = load_source(dev_test.source, dev_test.path, channels=main.channels, image_size=main.image_size,
+                            fake_size=dev_test.fake_size, fake_classes=spec.fake_classes,
+                            fake_offset=dev_test.fake_offset)
+        if other.class_names != main.class_names:
+            raise DataError(f"data.dev_test classes {other.class_names} differ from the training classes "
+                            f"{main.class_names}; both sources need the same class names")
+        if dev_test.shift is not None:
+            other = ImageData(apply_shift(other.images, dev_test.shift), other.labels, other.class_names,
+                              other.sources, "")
+        train_parts = _stratified_parts(main.labels.numpy(), _shares(fractions, ("train", "train_dev")),
+                                        spec.split_seed)
+        held_out = _stratified_parts(other.labels.numpy(), _shares(fractions, ("dev", "test")), spec.split_seed)
+        data = _concatenate(main, other)
+        offset = len(main.labels)
+        parts = {**train_parts, **{name: indices + offset for name, indices in held_out.items()}}
+        split = _make_split(parts, spec.split_seed, data.fingerprint)
+
+    duplicates = find_duplicates(data.images, split)
+    if duplicates.count:
+        message = duplicates.describe()
+        if spec.duplicates == "error":
+            raise DataError(f"{message}. Identical images in train and dev or test inflate the scores. Remove "
+                            "them from the data (for FakeData, give dev_test another fake_offset), or set "
+                            "data.duplicates: warn to go on.")
+        log.warning("%s", message)
+    return data, split, duplicates
+
+
+def _shares(fractions: Fractions, names: tuple[str, ...]) -> dict[str, float]:
+    total = sum(getattr(fractions, name) for name in names)
+    return {name: getattr(fractions, name) / total for name in names}
+
+
+def _concatenate(first: ImageData, second: ImageData) -> ImageData:
+    if first.images.shape[1:] != second.images.shape[1:]:
+        raise DataError(f"dev/test images have shape {tuple(second.images.shape[1:])}, training images "
+                        f"{tuple(first.images.shape[1:])}; set data.image_size and data.channels")
+    images = torch.cat([first.images, second.images])
+    labels = torch.cat([first.labels, second.labels])
+    return ImageData(images, labels, first.class_names, first.sources + second.sources,
+                     _fingerprint(images, labels, first.class_names))
 
 
 def resize(images: torch.Tensor, size: int) -> torch.Tensor:
@@ -228,24 +345,24 @@ def _load_imagefolder(root: Path, channels: int | None, image_size: int | None
     return images, labels, classes, [str(path) for path, _ in files]
 
 
-def _load_fake(spec: DataSpec) -> tuple[torch.Tensor, torch.Tensor, list[str], list[str]]:
+def _load_fake(count: int, classes: int, offset: int, channels: int | None, image_size: int | None
+               ) -> tuple[torch.Tensor, torch.Tensor, list[str], list[str]]:
     from torchvision.datasets import FakeData
 
-    log.warning("data.source 'fake' draws random labels: accuracy stays at chance "
-                "(1/%d). Use it for smoke tests only.", spec.fake_classes)
-    channels = spec.channels or 3
-    size = spec.image_size or 32
-    dataset = FakeData(size=spec.fake_size, image_size=(channels, size, size),
-                       num_classes=spec.fake_classes, random_offset=spec.split_seed)
+    log.warning("data source 'fake' draws random labels: accuracy stays at chance "
+                "(1/%d). Use it for smoke tests only.", classes)
+    channels = channels or 3
+    size = image_size or 32
+    dataset = FakeData(size=count, image_size=(channels, size, size), num_classes=classes, random_offset=offset)
     mode = "L" if channels == 1 else "RGB"
     arrays, labels = [], []
     for image, label in dataset:
         array = np.asarray(image.convert(mode), dtype=np.uint8)
         arrays.append(array[None] if array.ndim == 2 else array.transpose(2, 0, 1))
         labels.append(int(label))
-    names = [str(index) for index in range(spec.fake_classes)]
+    names = [str(index) for index in range(classes)]
     return (torch.from_numpy(np.stack(arrays)), torch.tensor(labels, dtype=torch.int64), names,
-            [f"fake/{index}" for index in range(len(labels))])
+            [f"fake/{offset + index}" for index in range(len(labels))])
 
 
 def _convert_channels(images: torch.Tensor, channels: int) -> torch.Tensor:
@@ -277,20 +394,21 @@ def split_dataset(labels: torch.Tensor | np.ndarray, fractions: Fractions, seed:
     remainder. Every part therefore keeps the class proportions up to one image per
     class, and the same labels, fractions and seed always give the same split.
     """
-    labels = np.asarray(labels)
-    shares = np.array([getattr(fractions, name) for name in SPLITS])
+    parts = _stratified_parts(np.asarray(labels), _shares(fractions, SPLITS), seed)
+    return _make_split(parts, seed, fingerprint)
+
+
+def _stratified_parts(labels: np.ndarray, shares: dict[str, float], seed: int) -> dict[str, np.ndarray]:
+    names = list(shares)
+    weights = np.array([shares[name] for name in names])
     rng = np.random.default_rng(seed)
-    parts: dict[str, list[np.ndarray]] = {name: [] for name in SPLITS}
+    chunks: dict[str, list[np.ndarray]] = {name: [] for name in names}
     for position, label in enumerate(np.unique(labels)):
         members = rng.permutation(np.flatnonzero(labels == label))
-        counts = _largest_remainder(len(members), shares, rotate=position)
-        edges = np.cumsum(counts)[:-1]
-        for name, chunk in zip(SPLITS, np.split(members, edges)):
-            parts[name].append(chunk)
-    arrays = {name: np.sort(np.concatenate(chunks)).astype(np.int64) for name, chunks in parts.items()}
-    split = Split(**arrays, seed=seed, fingerprint=fingerprint)
-    check_disjoint(split)
-    return Split(**arrays, seed=seed, fingerprint=fingerprint, hash=split.manifest()["hash"])
+        counts = _largest_remainder(len(members), weights, rotate=position)
+        for name, chunk in zip(names, np.split(members, np.cumsum(counts)[:-1])):
+            chunks[name].append(chunk)
+    return {name: np.sort(np.concatenate(parts)).astype(np.int64) for name, parts in chunks.items()}
 
 
 def _largest_remainder(total: int, shares: np.ndarray, rotate: int) -> np.ndarray:
@@ -302,6 +420,12 @@ def _largest_remainder(total: int, shares: np.ndarray, rotate: int) -> np.ndarra
     for i in order[: total - counts.sum()]:
         counts[i] += 1
     return counts
+
+
+def _make_split(parts: dict[str, np.ndarray], seed: int, fingerprint: str) -> Split:
+    split = Split(**parts, seed=seed, fingerprint=fingerprint)
+    check_disjoint(split)
+    return Split(**parts, seed=seed, fingerprint=fingerprint, hash=split.manifest()["hash"])
 
 
 def check_disjoint(split: Split) -> None:

@@ -107,10 +107,50 @@ class Fractions(SpecModel):
         return self
 
 
+Source = Literal["digits", "cifar10", "imagefolder", "fake"]
+
+
+def _check_source_path(section: str, source: str, path: Path | None) -> None:
+    if source in ("cifar10", "imagefolder") and path is None:
+        raise ValueError(f"{section}.source '{source}' needs {section}.path, the folder of images")
+    if source in ("digits", "fake") and path is not None:
+        raise ValueError(f"{section}.source '{source}' takes no {section}.path; remove it")
+
+
+class ShiftSpec(SpecModel):
+    """A change applied once to dev and test images, to simulate another distribution."""
+
+    brightness: float = Field(1.0, gt=0, le=4)  # pixel values are multiplied by this
+    contrast: float = Field(1.0, gt=0, le=4)  # deviations from each image's mean are scaled by this
+    rotate: float = Field(0.0, ge=-180, le=180)  # degrees, counter-clockwise
+
+
+class DevTestSpec(SpecModel):
+    """Where dev and test images come from when they differ from the training source."""
+
+    source: Source | None = None  # None: the training images themselves, with the shift applied
+    path: Path | None = None
+    fake_size: int = Field(500, ge=20)
+    fake_offset: int = Field(0, ge=0)
+    shift: ShiftSpec | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> DevTestSpec:
+        if self.source is None:
+            if self.path is not None:
+                raise ValueError("data.dev_test.path needs data.dev_test.source; set the source too")
+            if self.shift is None:
+                raise ValueError("data.dev_test without a source or a shift would equal the training "
+                                 "source; set dev_test.source, dev_test.shift, or remove dev_test")
+        else:
+            _check_source_path("data.dev_test", self.source, self.path)
+        return self
+
+
 class DataSpec(SpecModel):
     """Where the images come from and how they are split."""
 
-    source: Literal["digits", "cifar10", "imagefolder", "fake"] = "digits"
+    source: Source = "digits"
     path: Path | None = None
     image_size: int | None = Field(None, ge=4, le=1024)
     channels: Literal[1, 3] | None = None
@@ -118,13 +158,13 @@ class DataSpec(SpecModel):
     split_seed: int = 0
     fake_size: int = Field(500, ge=20)
     fake_classes: int = Field(10, ge=2)
+    fake_offset: int = Field(0, ge=0)
+    dev_test: DevTestSpec | None = None
+    duplicates: Literal["error", "warn"] = "error"
 
     @model_validator(mode="after")
     def _check_path(self) -> DataSpec:
-        if self.source in ("cifar10", "imagefolder") and self.path is None:
-            raise ValueError(f"data.source '{self.source}' needs data.path, the folder of images")
-        if self.source in ("digits", "fake") and self.path is not None:
-            raise ValueError(f"data.source '{self.source}' takes no data.path; remove it")
+        _check_source_path("data", self.source, self.path)
         return self
 
 
@@ -410,6 +450,10 @@ def _resolve_relative_paths(spec: StudySpec, base_dir: Path) -> StudySpec:
     if spec.data.path is not None and not spec.data.path.is_absolute():
         data = spec.data.model_copy(update={"path": (base_dir / spec.data.path).resolve()})
         spec = spec.model_copy(update={"data": data})
+    dev_test = spec.data.dev_test
+    if dev_test is not None and dev_test.path is not None and not dev_test.path.is_absolute():
+        dev_test = dev_test.model_copy(update={"path": (base_dir / dev_test.path).resolve()})
+        spec = spec.model_copy(update={"data": spec.data.model_copy(update={"dev_test": dev_test})})
     tags = spec.error_analysis.manual_tags
     if tags is not None and not tags.is_absolute():
         analysis = spec.error_analysis.model_copy(update={"manual_tags": (base_dir / tags).resolve()})
@@ -422,14 +466,19 @@ def _check_paths(spec: StudySpec) -> list[str]:
     tags = spec.error_analysis.manual_tags
     if tags is not None and not tags.is_file():
         problems.append(f"error_analysis.manual_tags: file not found: {tags}; give a CSV with columns index,tag")
-    path = spec.data.path
-    if path is not None and not path.is_dir():
-        problems.append(f"data.path: folder not found: {path}; point data.path at an existing folder")
-    elif spec.data.source == "cifar10" and not (path / "cifar-10-batches-py").is_dir():
-        problems.append(
-            f"data.path: {path / 'cifar-10-batches-py'} not found; unpack the CIFAR-10 "
-            "python archive (cifar-10-python.tar.gz) into data.path. Nothing is downloaded."
-        )
+    sections = [("data", spec.data.source, spec.data.path)]
+    if spec.data.dev_test is not None:
+        sections.append(("data.dev_test", spec.data.dev_test.source, spec.data.dev_test.path))
+    for section, source, path in sections:
+        if path is None:
+            continue
+        if not path.is_dir():
+            problems.append(f"{section}.path: folder not found: {path}; point {section}.path at an existing folder")
+        elif source == "cifar10" and not (path / "cifar-10-batches-py").is_dir():
+            problems.append(
+                f"{section}.path: {path / 'cifar-10-batches-py'} not found; unpack the CIFAR-10 "
+                f"python archive (cifar-10-python.tar.gz) into {section}.path. Nothing is downloaded."
+            )
     return problems
 
 

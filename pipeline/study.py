@@ -18,7 +18,7 @@ import torch
 import yaml
 
 from pipeline.baseline import BaselineResult, run_baseline
-from pipeline.data import ImageData, Split, load_images, prepare, split_dataset
+from pipeline.data import ImageData, Split, load_study_data, prepare
 from pipeline.error_analysis import fit_thresholds, read_manual_tags
 from pipeline.spec import StudySpec, spec_to_dict
 from pipeline.tracking import (
@@ -104,8 +104,7 @@ def make_pruner(spec: StudySpec) -> optuna.pruners.BasePruner:
 
 def load_and_split(spec: StudySpec) -> tuple[ImageData, Split]:
     """Data stage for the whole study: decode once and split with the spec's seed."""
-    data = load_images(spec.data)
-    split = split_dataset(data.labels, spec.data.fractions, spec.data.split_seed, data.fingerprint)
+    data, split, _ = load_study_data(spec.data)
     log.info("data: %s, %d images of %d×%d×%d, %d classes; split train %d / train-dev %d / dev %d / test %d "
              "(hash %s)", spec.data.source, len(data.labels), data.channels, data.image_size, data.image_size,
              data.num_classes, len(split.train), len(split.train_dev), len(split.dev), len(split.test),

@@ -75,15 +75,19 @@ def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimiz
     raise ValueError(f"unknown optimizer '{config.optimizer}'; use adam, adamw or sgd")
 
 
-def batch_slices(count: int, batch_size: int) -> list[slice]:
-    """Cut ``count`` items into batches, merging a last batch of one into the one before.
+MIN_BATCH = 4  # smaller training batches give batch norm too few values per channel
 
-    Batch norm cannot normalize a batch of one in training mode, so that image
-    joins the previous batch instead of being dropped.
+
+def batch_slices(count: int, batch_size: int) -> list[slice]:
+    """Cut ``count`` items into batches, merging a last batch smaller than 4 into the one before.
+
+    Batch norm cannot normalize a batch of one in training mode, and on a batch of
+    two or three its gradients can be large enough to overflow the weights in one
+    SGD step. So a short last batch joins the previous one instead of being dropped.
     """
     starts = list(range(0, count, batch_size))
     slices = [slice(start, min(start + batch_size, count)) for start in starts]
-    if len(slices) > 1 and slices[-1].stop - slices[-1].start == 1:
+    if len(slices) > 1 and slices[-1].stop - slices[-1].start < MIN_BATCH:
         slices[-2] = slice(slices[-2].start, count)
         slices.pop()
     return slices

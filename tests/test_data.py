@@ -11,13 +11,16 @@ from PIL import Image
 from pipeline.data import (
     SPLITS,
     DataError,
+    apply_shift,
+    find_duplicates,
     load_images,
+    load_study_data,
     normalization,
     prepare,
     split_dataset,
     split_from_manifest,
 )
-from pipeline.spec import DataSpec, Fractions
+from pipeline.spec import DataSpec, Fractions, ShiftSpec
 
 
 @pytest.fixture(scope="module")
@@ -118,7 +121,9 @@ def _write_folder(root, sizes=(6, 6), mode="RGB"):
         folder = root / f"class{label}"
         folder.mkdir(parents=True)
         for i in range(sizes[label]):
-            Image.new(mode, (5, 5), color if mode == "RGB" else color[0]).save(folder / f"{i}.png")
+            image = Image.new(mode, (5, 5), color if mode == "RGB" else color[0])
+            image.putpixel((0, 0), (i * 20,) * 3 if mode == "RGB" else i * 20)  # no two images alike
+            image.save(folder / f"{i}.png")
 
 
 def test_imagefolder_loads_classes(tmp_path):
@@ -127,7 +132,7 @@ def test_imagefolder_loads_classes(tmp_path):
     assert data.images.shape == (12, 3, 5, 5)
     assert data.class_names == ["class0", "class1"]
     assert data.labels.tolist() == [0] * 6 + [1] * 6
-    assert int(data.images[7, 0, 0, 0]) == 240
+    assert int(data.images[7, 0, 1, 1]) == 240
     assert data.sources[0].endswith("class0/0.png")
 
 
@@ -194,3 +199,77 @@ def test_fake_warns_about_random_labels(caplog):
         data = load_images(DataSpec(source="fake", fake_size=30, image_size=8))
     assert data.images.shape == (30, 3, 8, 8)
     assert "random labels" in caplog.text
+
+
+def test_shifted_dev_test_come_from_copy(digits):
+    spec = DataSpec(dev_test={"shift": {"brightness": 0.5}})
+    data, split, duplicates = load_study_data(spec)
+    count = len(digits.labels)
+    assert len(data.labels) == 2 * count
+    assert split.train.max() < count
+    assert split.train_dev.max() < count
+    assert split.dev.min() >= count
+    assert split.test.min() >= count
+    index = int(split.dev[0])
+    original = digits.images[index - count].float()
+    assert torch.allclose(data.images[index].float(), (original * 0.5).round(), atol=0.51)
+    assert data.labels[index] == digits.labels[index - count]
+    assert duplicates.count == 0
+
+
+def test_shift_rotates_and_lowers_contrast():
+    image = torch.zeros(1, 1, 9, 9, dtype=torch.uint8)
+    image[0, 0, 4, :] = 200  # a horizontal bar
+    rotated = apply_shift(image, ShiftSpec(rotate=90))
+    assert rotated[0, 0, :, 4].float().mean() > 150  # now vertical
+    assert rotated[0, 0, 4, 0] < 50
+    flat = apply_shift(image, ShiftSpec(contrast=0.5))
+    assert float(flat.float().std()) == pytest.approx(float(image.float().std()) * 0.5, rel=0.05)
+
+
+def test_other_source_for_dev_test(tmp_path):
+    _write_folder(tmp_path / "train")
+    _write_folder(tmp_path / "field")
+    # Make the dev/test folder's images differ from the training ones.
+    for path in (tmp_path / "field").rglob("*.png"):
+        Image.open(path).convert("RGB").point(lambda value: value // 2).save(path)
+    spec = DataSpec(source="imagefolder", path=tmp_path / "train",
+                    dev_test={"source": "imagefolder", "path": tmp_path / "field"},
+                    fractions={"train": 0.5, "train_dev": 0.2, "dev": 0.15, "test": 0.15})
+    data, split, _ = load_study_data(spec)
+    assert len(data.labels) == 24
+    assert sorted(split.train.tolist() + split.train_dev.tolist()) == list(range(12))
+    assert sorted(split.dev.tolist() + split.test.tolist()) == list(range(12, 24))
+    assert "field" in data.sources[int(split.dev[0])]
+
+
+def test_fake_overlap_caught():
+    spec = DataSpec(source="fake", fake_size=40, image_size=8, dev_test={"source": "fake", "fake_size": 40})
+    with pytest.raises(DataError, match="more than one split part"):
+        load_study_data(spec)
+
+
+def test_fake_distinct_offsets_pass():
+    spec = DataSpec(source="fake", fake_size=40, image_size=8,
+                    dev_test={"source": "fake", "fake_size": 40, "fake_offset": 1000})
+    _, _, duplicates = load_study_data(spec)
+    assert duplicates.count == 0
+
+
+def test_duplicates_reported_as_warning(caplog):
+    spec = DataSpec(source="fake", fake_size=40, image_size=8, duplicates="warn",
+                    dev_test={"source": "fake", "fake_size": 40})
+    with caplog.at_level(logging.WARNING):
+        _, split, duplicates = load_study_data(spec)
+    assert duplicates.count == len(split.dev) + len(split.test)
+    assert "more than one split part" in caplog.text
+
+
+def test_find_duplicates_across_parts_only(digits):
+    split = split_dataset(digits.labels, Fractions(), seed=0)
+    images = digits.images.clone()
+    images[int(split.dev[0])] = images[int(split.train[0])]
+    images[int(split.train[2])] = images[int(split.train[1])]  # inside one part: allowed
+    duplicates = find_duplicates(images, split)
+    assert duplicates.count == 1
+    assert duplicates.groups[0] == {"train": [int(split.train[0])], "dev": [int(split.dev[0])]}

@@ -11,9 +11,11 @@ from pipeline.spec import DataSpec, Fractions
 from pipeline.train import Diverged, TrainConfig, batch_slices, train_model
 
 
-def test_batch_of_one_is_merged():
+def test_short_last_batch_is_merged():
     slices = batch_slices(65, 32)
     assert [s.stop - s.start for s in slices] == [32, 33]
+    assert [s.stop - s.start for s in batch_slices(67, 32)] == [32, 35]
+    assert [s.stop - s.start for s in batch_slices(68, 32)] == [32, 32, 4]
     assert [s.stop - s.start for s in batch_slices(64, 32)] == [32, 32]
     assert [s.stop - s.start for s in batch_slices(1, 32)] == [1]
 
