@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import warnings
 from collections.abc import Sequence
@@ -47,7 +48,47 @@ def build_parser() -> argparse.ArgumentParser:
                      help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlruns/mlflow.db)")
     run.add_argument("--seed", type=int, metavar="INT", help="seed of the sampler and of training (default: the spec's)")
     run.add_argument("--lang", choices=("en", "vi"), help="language of the summary and diagnosis (default: the spec's)")
+
+    finalize = commands.add_parser(
+        "finalize", parents=[common], help="score the best feasible trial on the test split, once",
+        description="Evaluate the study's best feasible trial on the test split and log the test metrics "
+                    "and the overfitting-to-dev gap on the study's parent run. Refuses to run a second "
+                    "time unless --force is given.",
+    )
+    finalize.add_argument("spec", metavar="SPEC", help="path to the study's YAML spec")
+    finalize.add_argument("--force", action="store_true", help="run the final test again; prints the earlier result first")
+    _add_locations(finalize)
+
+    rerun = commands.add_parser(
+        "rerun", parents=[common], help="rerun one stage of a logged trial",
+        description="Reload a trial's spec, split and weights from its MLflow run, rerun one stage, "
+                    "log the result to a new run nested under the original, and print what changed.",
+    )
+    rerun.add_argument("run_id", metavar="RUN_ID", help="MLflow run id of a finished trial (a trial-<N> run)")
+    rerun.add_argument("--stage", required=True, choices=("evaluate", "error-analysis", "diagnosis"),
+                       help="the stage to rerun")
+    rerun.add_argument("--spec", metavar="SPEC", dest="spec_path",
+                       help="use this spec's settings instead of the logged one (its data must be the same)")
+    rerun.add_argument("--tracking-uri", metavar="URI",
+                       help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlruns/mlflow.db)")
+
+    report = commands.add_parser(
+        "report", parents=[common], help="write the study's HTML report",
+        description="Write a self-contained HTML report of the study (optimization history, parameter "
+                    "importances, best trials, the best trial's errors and diagnosis, baselines) and log it "
+                    "on the study's parent run.",
+    )
+    report.add_argument("spec", metavar="SPEC", help="path to the study's YAML spec")
+    report.add_argument("--output", metavar="PATH", help="where to write the HTML (default: mlruns/reports/<study>.html)")
+    _add_locations(report)
     return parser
+
+
+def _add_locations(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--storage", metavar="URL", help="Optuna storage URL (default: sqlite:///mlruns/optuna.db)")
+    parser.add_argument("--tracking-uri", metavar="URI",
+                        help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlruns/mlflow.db)")
+    parser.add_argument("--lang", choices=("en", "vi"), help="language of the output (default: the spec's)")
 
 
 def _positive_int(value: str) -> int:
@@ -59,6 +100,8 @@ def _positive_int(value: str) -> int:
 
 def configure_logging(verbose: bool, quiet: bool) -> None:
     """Send logs to stderr: INFO by default, DEBUG with -v, WARNING with -q."""
+    # MLflow draws a progress bar per artifact download, which buries the log lines.
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(message)s", datefmt="%H:%M:%S"))
@@ -91,12 +134,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     except Exception as error:  # noqa: BLE001 - the command line's last resort
         from pipeline.data import DataError
+        from pipeline.logged import LoggedRunError
         from pipeline.spec import SpecError
         from pipeline.study import StudyError
+        from pipeline.tracking import TrackingError
 
         if args.debug:
             raise
-        if isinstance(error, SpecError | DataError | StudyError):
+        if isinstance(error, SpecError | DataError | StudyError | LoggedRunError | TrackingError):
             print(f"playbook: error: {error}", file=sys.stderr)
             return EXIT_BAD_INPUT
         print(f"playbook: error: {type(error).__name__}: {error} (rerun with --debug for the traceback)",
@@ -105,9 +150,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _dispatch(args: argparse.Namespace) -> int:
-    if args.command == "run":
-        return _run(args)
-    raise AssertionError(f"unhandled command {args.command}")
+    commands = {"run": _run, "finalize": _finalize, "rerun": _rerun, "report": _report}
+    return commands[args.command](args)
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -123,3 +167,55 @@ def _run(args: argparse.Namespace) -> int:
                         tracking_uri=args.tracking_uri, lang=lang)
     print(render_summary(outcome, lang))
     return EXIT_OK if outcome.counts["COMPLETE"] > 0 else EXIT_NO_TRIAL
+
+
+def _finalize(args: argparse.Namespace) -> int:
+    from pipeline.finalize import AlreadyFinalized, finalize, render_final
+    from pipeline.messages import text
+    from pipeline.spec import load_spec
+    from pipeline.study import default_storage
+    from pipeline.tracking import default_tracking_uri
+
+    spec = load_spec(args.spec)
+    lang = args.lang or spec.language
+    earlier: list[dict] = []
+    try:
+        result = finalize(spec, args.storage or default_storage(), args.tracking_uri or default_tracking_uri(),
+                          force=args.force, earlier_out=earlier)
+    except AlreadyFinalized as refused:
+        print(text("final.earlier", lang))
+        print(render_final(refused.earlier, lang))
+        raise
+    if earlier:
+        print(text("final.earlier", lang))
+        print(render_final(earlier[0], lang))
+        print()
+    print(render_final(result, lang))
+    return EXIT_OK
+
+
+def _rerun(args: argparse.Namespace) -> int:
+    from pipeline.rerun import render_rerun, rerun_stage
+    from pipeline.spec import load_spec
+    from pipeline.tracking import default_tracking_uri
+
+    spec = load_spec(args.spec_path) if args.spec_path else None
+    result = rerun_stage(args.run_id, args.stage, args.tracking_uri or default_tracking_uri(), spec)
+    print(render_rerun(result))
+    return EXIT_OK
+
+
+def _report(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from pipeline.report import write_report
+    from pipeline.spec import load_spec
+    from pipeline.study import default_storage
+    from pipeline.tracking import DEFAULT_ROOT, default_tracking_uri
+
+    spec = load_spec(args.spec)
+    output = Path(args.output) if args.output else DEFAULT_ROOT / "reports" / f"{spec.name}.html"
+    path = write_report(spec, args.storage or default_storage(), args.tracking_uri or default_tracking_uri(),
+                        output, args.lang or spec.language)
+    print(path)
+    return EXIT_OK

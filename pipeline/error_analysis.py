@@ -44,11 +44,15 @@ def brightness(images: torch.Tensor) -> np.ndarray:
 
 def contrast(images: torch.Tensor) -> np.ndarray:
     """Return each image's RMS contrast: the standard deviation of its gray levels."""
+    if len(images) == 0:
+        return np.zeros(0, dtype=np.float32)
     return grayscale(images).flatten(1).std(dim=1).numpy()
 
 
 def sharpness(images: torch.Tensor) -> np.ndarray:
     """Return the variance of the Laplacian of each gray image; blurry images score low."""
+    if len(images) == 0:
+        return np.zeros(0, dtype=np.float32)
     kernel = torch.tensor([[0.0, 1.0, 0.0], [1.0, -4.0, 1.0], [0.0, 1.0, 0.0]]).view(1, 1, 3, 3)
     response = F.conv2d(grayscale(images), kernel)  # valid region only, so borders add no edges
     return response.flatten(1).var(dim=1).numpy()

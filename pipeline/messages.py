@@ -96,6 +96,28 @@ CATALOGUE: dict[str, dict[str, str]] = {
         "en": "Reduce data mismatch: compare dev errors with train images by hand to see how the distributions differ, then make training data more like dev (collect it, or synthesize it).",
         "vi": "Giảm lệch dữ liệu: tự so sánh các lỗi trên dev với ảnh train để thấy phân phối khác nhau ở đâu, rồi làm dữ liệu train giống dev hơn (thu thập thêm hoặc tổng hợp).",
     },
+    # Final test
+    "final.title": {
+        "en": "Final test of study '{study}', best feasible trial #{number} (run {runs} of the final test)",
+        "vi": "Test cuối cùng của study '{study}', trial tốt nhất đạt ràng buộc #{number} (lần chạy test cuối thứ {runs})",
+    },
+    "final.earlier": {
+        "en": "The final test already ran on this study; its earlier result:",
+        "vi": "Study này đã chạy test cuối cùng; kết quả lần trước:",
+    },
+    # Report
+    "report.title": {"en": "Study report: {study}", "vi": "Báo cáo study: {study}"},
+    "report.baseline": {"en": "Baselines on dev", "vi": "Baseline trên dev"},
+    "report.best_trials": {"en": "Best feasible trials", "vi": "Các trial tốt nhất đạt ràng buộc"},
+    "report.history": {"en": "Optimization history", "vi": "Lịch sử tối ưu"},
+    "report.importance": {"en": "Parameter importances", "vi": "Mức quan trọng của tham số"},
+    "report.importance_needs": {
+        "en": "Parameter importances need at least two complete trials with searched parameters.",
+        "vi": "Cần ít nhất hai trial hoàn tất có tham số được tìm kiếm để tính mức quan trọng của tham số.",
+    },
+    "report.best_trial": {"en": "Best feasible trial #{number}", "vi": "Trial tốt nhất đạt ràng buộc #{number}"},
+    "report.confusion": {"en": "Dev confusion matrix", "vi": "Confusion matrix trên dev"},
+    "report.misclassified": {"en": "Misclassified dev images", "vi": "Ảnh dev bị phân loại sai"},
     # Error analysis
     "errors.title": {"en": "Dev errors by category", "vi": "Lỗi trên dev theo nhóm"},
     "errors.row": {

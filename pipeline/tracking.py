@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 from mlflow.entities import Metric, Param, RunStatus, RunTag
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 log = logging.getLogger(__name__)
@@ -33,6 +34,10 @@ MAX_BATCH_PARAMS_AND_TAGS = 100
 MAX_PARAM_LENGTH = 6000
 
 _KEY_FORBIDDEN = re.compile(r"[^A-Za-z0-9_\-./ ]")
+
+
+class TrackingError(RuntimeError):
+    """A run or experiment that is missing or cannot be used, with the fix."""
 
 
 def default_tracking_uri(root: Path = DEFAULT_ROOT) -> str:
@@ -100,9 +105,21 @@ class Tracker:
                 tags={TAG_STUDY: study_name})
         else:
             if experiment.lifecycle_stage == "deleted":
-                raise RuntimeError(f"MLflow experiment '{study_name}' is deleted; restore it with "
+                raise TrackingError(f"MLflow experiment '{study_name}' is deleted; restore it with "
                                    f"'mlflow experiments restore' or choose another study name")
             self.experiment_id = experiment.experiment_id
+
+    @classmethod
+    def for_run(cls, tracking_uri: str, run_id: str) -> Tracker:
+        """Open the tracker of the study that logged ``run_id``."""
+        client = MlflowClient(tracking_uri=absolute_sqlite_uri(tracking_uri))
+        try:
+            run = client.get_run(run_id)
+        except MlflowException:
+            raise TrackingError(f"run {run_id} not found in {tracking_uri}; check the run id and "
+                               "--tracking-uri") from None
+        experiment = client.get_experiment(run.info.experiment_id)
+        return cls(tracking_uri, experiment.name)
 
     def _artifact_location(self) -> str | None:
         root = _sqlite_artifact_root(self.tracking_uri)

@@ -17,6 +17,7 @@ from pipeline import __version__
 from pipeline.data import ImageData, PreparedData, Split
 from pipeline.diagnosis import Diagnosis
 from pipeline.error_analysis import ErrorAnalysis
+from pipeline.logged import MODEL_FORMAT_VERSION
 from pipeline.metrics import classification_metrics
 from pipeline.models import build_model
 from pipeline.spec import METRICS, PER_EPOCH_METRICS, StudySpec, TrainSpec
@@ -178,9 +179,6 @@ def _run_stages(trial: optuna.Trial, context: StudyContext, hyperparameters: dic
     violations = {c.metric: c.violation(evaluation.metric(c.metric)) for c in spec.objective.constraints}
     return TrialResult(hyperparameters, training, evaluation, errors, diagnosis,
                        evaluation.metric(spec.objective.metric), violations)
-
-
-MODEL_FORMAT_VERSION = 1
 
 
 def log_model(tracker: Tracker, run_id: str, model: torch.nn.Module, hyperparameters: dict[str, Any],
