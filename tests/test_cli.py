@@ -5,8 +5,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import optuna
 import pytest
 import yaml
+
+from pipeline.tracking import absolute_sqlite_uri
 
 
 def _run(args, cwd, timeout=300):
@@ -56,3 +59,35 @@ def test_help_lists_flags(workdir):
 def test_console_script_installed():
     script = Path(sys.executable).with_name("playbook")
     assert script.exists(), "install the package with pip install -e . to get the playbook command"
+
+
+def test_finalize_rerun_report_commands(workdir, tiny_spec):
+    (workdir / "spec.yaml").write_text(yaml.safe_dump(tiny_spec))
+    assert _run(["run", "spec.yaml", "--trials", "1", "-q"], workdir).returncode == 0
+
+    first = _run(["finalize", "spec.yaml"], workdir)
+    assert first.returncode == 0, first.stderr
+    assert "Final test of study 'tiny', best feasible trial #0" in first.stdout
+
+    second = _run(["finalize", "spec.yaml"], workdir)
+    assert second.returncode == 2
+    assert "already ran" in second.stderr
+    assert "--force" in second.stderr
+    assert "earlier result" in second.stdout
+
+    study = optuna.load_study(study_name="tiny", storage=absolute_sqlite_uri("sqlite:///mlruns/optuna.db"))
+    run_id = study.trials[0].user_attrs["mlflow_run_id"]
+    rerun = _run(["rerun", run_id, "--stage", "evaluate"], workdir)
+    assert rerun.returncode == 0, rerun.stderr
+    assert "0 of" in rerun.stdout
+
+    report = _run(["report", "spec.yaml"], workdir)
+    assert report.returncode == 0, report.stderr
+    assert (workdir / "mlruns" / "reports" / "tiny.html").is_file()
+
+
+def test_rerun_unknown_run(workdir, tiny_spec):
+    (workdir / "spec.yaml").write_text(yaml.safe_dump(tiny_spec))
+    result = _run(["rerun", "0123456789abcdef", "--stage", "diagnosis"], workdir)
+    assert result.returncode == 2
+    assert "run 0123456789abcdef not found" in result.stderr
