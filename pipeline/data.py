@@ -488,6 +488,15 @@ class PreparedData:
     stats: Normalization
 
 
+def resize_prepared(prepared: PreparedData, size: int) -> PreparedData:
+    """Return the prepared tensors resized once to size×size (bilinear, antialiased when shrinking)."""
+    if all(x.shape[-1] == size for x in prepared.x.values()):
+        return prepared
+    x = {name: F.interpolate(images, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+         for name, images in prepared.x.items()}
+    return PreparedData(x, prepared.y, prepared.indices, prepared.stats)
+
+
 def prepare(data: ImageData, split: Split, parts: tuple[str, ...] = ("train", "train_dev", "dev")) -> PreparedData:
     """Normalize the given parts with train statistics; the test part is left out by default."""
     stats = normalization(data.images, split.train)

@@ -18,7 +18,6 @@ from typing import Any
 import optuna
 from mlflow.exceptions import MlflowException
 
-from pipeline.data import prepare
 from pipeline.diagnosis import Diagnosis, render
 from pipeline.logged import load_logged_trial
 from pipeline.messages import LANGUAGES, text
@@ -99,7 +98,7 @@ def finalize(spec: StudySpec, storage: str, tracking_uri: str, force: bool = Fal
     if split.hash != study.user_attrs.get(ATTR_SPLIT_HASH):
         raise StudyError(f"the logged split of trial {best.number} does not match the study's split; "
                          "the study's records are inconsistent")
-    prepared = prepare(data, split, parts=("test",))
+    prepared = trial.prepare(data, split, ("test",))
     evaluation = evaluate_stage(trial.build_model(), prepared, resolve_device(spec.device), data.num_classes,
                                 latency=None, parts=("test",))
     test_score = evaluation.scores["test"]

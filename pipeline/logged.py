@@ -16,7 +16,16 @@ import torch
 import yaml
 from mlflow.exceptions import MlflowException
 
-from pipeline.data import DataError, ImageData, Split, load_study_data, split_from_manifest
+from pipeline.data import (
+    DataError,
+    ImageData,
+    PreparedData,
+    Split,
+    load_study_data,
+    prepare,
+    resize_prepared,
+    split_from_manifest,
+)
 from pipeline.models import build_model
 from pipeline.spec import StudySpec, parse_spec
 from pipeline.tracking import TAG_ROLE, TAG_TRIAL, Tracker
@@ -50,6 +59,10 @@ class LoggedTrial:
                             config["knobs"], dropout=config["hyperparameters"].get("dropout", 0.0))
         model.load_state_dict(self.state_dict)
         return model.eval()
+
+    def prepare(self, data: ImageData, split: Split, parts: tuple[str, ...]) -> PreparedData:
+        """Normalize the parts with train statistics and resize them to the model's input size."""
+        return resize_prepared(prepare(data, split, parts), self.config["image_size"])
 
     def load_data(self, spec: StudySpec | None = None) -> tuple[ImageData, Split]:
         """Load the images again and return them with the logged split.

@@ -12,7 +12,6 @@ from dataclasses import dataclass
 
 import torch
 
-from pipeline.data import prepare
 from pipeline.error_analysis import fit_thresholds, read_manual_tags
 from pipeline.logged import LoggedTrial, load_logged_trial
 from pipeline.spec import StudySpec
@@ -90,7 +89,7 @@ def rerun_stage(run_id: str, stage: str, tracking_uri: str, spec: StudySpec | No
 def _rerun_evaluate(tracker: Tracker, run_id: str, trial: LoggedTrial, spec: StudySpec
                     ) -> tuple[list[Change], dict[str, float]]:
     data, split = trial.load_data(spec)
-    prepared = prepare(data, split)
+    prepared = trial.prepare(data, split, ("train", "train_dev", "dev"))
     evaluation = evaluate_stage(trial.build_model(), prepared, resolve_device(spec.device), data.num_classes,
                                 spec.latency)
     log_evaluation(tracker, run_id, evaluation, data.class_names, split.hash, step=0)
@@ -108,7 +107,7 @@ def _rerun_evaluate(tracker: Tracker, run_id: str, trial: LoggedTrial, spec: Stu
 def _rerun_error_analysis(tracker: Tracker, run_id: str, trial: LoggedTrial, spec: StudySpec
                           ) -> tuple[list[Change], dict[str, float]]:
     data, split = trial.load_data(spec)
-    prepared = prepare(data, split, parts=("dev",))
+    prepared = trial.prepare(data, split, ("dev",))
     evaluation = evaluate_stage(trial.build_model(), prepared, resolve_device(spec.device), data.num_classes,
                                 latency=None, parts=("dev",))
     config = spec.error_analysis

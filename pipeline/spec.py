@@ -187,6 +187,13 @@ class TrainSpec(SpecModel):
         return check_bounds(value, 1e-12, 10.0)
 
 
+class PretrainedSpec(SpecModel):
+    """Where the transfer model's ImageNet weights come from; nothing is downloaded."""
+
+    weights: Path | None = None  # None: torchvision's hub cache, if the file is there
+    allow_random_init: bool = False  # train from random weights when no file is found
+
+
 class ModelSpec(SpecModel):
     """The architecture and its knobs.
 
@@ -198,6 +205,7 @@ class ModelSpec(SpecModel):
     model_config = ConfigDict(extra="allow", frozen=True, arbitrary_types_allowed=True)
 
     arch: ArchParam = Fixed("small_cnn")
+    pretrained: PretrainedSpec = PretrainedSpec()
 
     @model_validator(mode="before")
     @classmethod
@@ -206,13 +214,13 @@ class ModelSpec(SpecModel):
             return data
         parsed = dict(data)
         for key, value in data.items():
-            if key == "arch":
+            if key in ("arch", "pretrained"):
                 continue
             if key not in models.ARCHITECTURES:
                 close = difflib.get_close_matches(str(key), list(models.ARCHITECTURES), n=1)
                 hint = f" did you mean '{close[0]}'?" if close else ""
                 raise ValueError(
-                    f"unknown key '{key}'; model takes 'arch' and one block of knobs per "
+                    f"unknown key '{key}'; model takes 'arch', 'pretrained' and one block of knobs per "
                     f"architecture ({', '.join(models.ARCHITECTURES)}).{hint}"
                 )
             parsed[key] = _parse_knob_block(key, value)
@@ -454,6 +462,10 @@ def _resolve_relative_paths(spec: StudySpec, base_dir: Path) -> StudySpec:
     if dev_test is not None and dev_test.path is not None and not dev_test.path.is_absolute():
         dev_test = dev_test.model_copy(update={"path": (base_dir / dev_test.path).resolve()})
         spec = spec.model_copy(update={"data": spec.data.model_copy(update={"dev_test": dev_test})})
+    weights = spec.model.pretrained.weights
+    if weights is not None and not weights.is_absolute():
+        pretrained = spec.model.pretrained.model_copy(update={"weights": (base_dir / weights).resolve()})
+        spec = spec.model_copy(update={"model": spec.model.model_copy(update={"pretrained": pretrained})})
     tags = spec.error_analysis.manual_tags
     if tags is not None and not tags.is_absolute():
         analysis = spec.error_analysis.model_copy(update={"manual_tags": (base_dir / tags).resolve()})
@@ -466,6 +478,10 @@ def _check_paths(spec: StudySpec) -> list[str]:
     tags = spec.error_analysis.manual_tags
     if tags is not None and not tags.is_file():
         problems.append(f"error_analysis.manual_tags: file not found: {tags}; give a CSV with columns index,tag")
+    weights = spec.model.pretrained.weights
+    if weights is not None and not weights.is_file():
+        problems.append(f"model.pretrained.weights: file not found: {weights}; give the path of a saved "
+                        "torchvision ResNet-18 state dict (resnet18-f37072fd.pth)")
     sections = [("data", spec.data.source, spec.data.path)]
     if spec.data.dev_test is not None:
         sections.append(("data.dev_test", spec.data.dev_test.source, spec.data.dev_test.path))

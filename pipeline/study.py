@@ -20,6 +20,7 @@ import yaml
 from pipeline.baseline import BaselineResult, run_baseline
 from pipeline.data import ImageData, Split, load_study_data, prepare
 from pipeline.error_analysis import fit_thresholds, read_manual_tags
+from pipeline.models import hub_checkpoint_path, load_pretrained_state
 from pipeline.spec import StudySpec, spec_to_dict
 from pipeline.tracking import (
     DEFAULT_ROOT,
@@ -102,6 +103,33 @@ def make_pruner(spec: StudySpec) -> optuna.pruners.BasePruner:
     return optuna.pruners.NopPruner()
 
 
+def load_pretrained_weights(spec: StudySpec) -> dict[str, torch.Tensor] | None:
+    """Load the transfer model's ImageNet weights before any trial, if the spec can choose it.
+
+    Raises:
+        StudyError: when no weights file is found and the spec does not allow random weights.
+    """
+    if "resnet18_transfer" not in spec.model.arch_names:
+        return None
+    path = spec.model.pretrained.weights or hub_checkpoint_path()
+    if path.is_file():
+        try:
+            state = load_pretrained_state(path)
+        except (OSError, ValueError) as error:
+            raise StudyError(f"model.pretrained.weights: {error}") from None
+        log.info("resnet18_transfer starts from the ImageNet weights in %s", path)
+        return state
+    if spec.model.pretrained.allow_random_init:
+        log.warning("no ResNet-18 weights at %s; resnet18_transfer trials start from random weights "
+                    "(model.pretrained.allow_random_init is true) and their runs are tagged "
+                    "playbook.pretrained=false", path)
+        return None
+    raise StudyError(f"resnet18_transfer needs ImageNet weights, and none were found at {path}. Copy "
+                     "torchvision's resnet18-f37072fd.pth there, or set model.pretrained.weights to its path, "
+                     "or set model.pretrained.allow_random_init: true to train from random weights. "
+                     "Nothing is downloaded.")
+
+
 def load_and_split(spec: StudySpec) -> tuple[ImageData, Split]:
     """Data stage for the whole study: decode once and split with the spec's seed."""
     data, split, _ = load_study_data(spec.data)
@@ -131,6 +159,7 @@ def run_study(spec: StudySpec, trials: int | None = None, storage: str | None = 
 
     device = resolve_device(spec.device)
     data, split = load_and_split(spec)
+    pretrained = load_pretrained_weights(spec)
     manual_tags = None
     if spec.error_analysis.manual_tags is not None:
         manual_tags = read_manual_tags(spec.error_analysis.manual_tags, len(data.labels))
@@ -169,7 +198,7 @@ def run_study(spec: StudySpec, trials: int | None = None, storage: str | None = 
     context = StudyContext(
         spec=spec, data=data, split=split, prepared=prepared, device=device,
         thresholds=fit_thresholds(data.images[torch.from_numpy(split.train)], spec.error_analysis),
-        manual_tags=manual_tags,
+        manual_tags=manual_tags, pretrained=pretrained,
         tracker=tracker, parent_run_id=parent_run_id, lang=lang,
     )
     log.info("running %d trial(s) of study '%s' on %s; tracking %s, storage %s",

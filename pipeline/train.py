@@ -64,7 +64,8 @@ class TrainResult:
 
 def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
     """Build the optimizer named in the config."""
-    params = model.parameters()
+    # Models that train parts at different rates (a fine-tuned backbone) provide their own groups.
+    params = model.param_groups(config.lr) if hasattr(model, "param_groups") else model.parameters()
     if config.optimizer == "adam":
         return torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
     if config.optimizer == "adamw":

@@ -7,19 +7,19 @@ together and records what each returns in the trial's MLflow run.
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import optuna
 import torch
 
 from pipeline import __version__
-from pipeline.data import ImageData, PreparedData, Split
+from pipeline.data import ImageData, PreparedData, Split, resize_prepared
 from pipeline.diagnosis import Diagnosis
 from pipeline.error_analysis import ErrorAnalysis
 from pipeline.logged import MODEL_FORMAT_VERSION
 from pipeline.metrics import classification_metrics
-from pipeline.models import build_model
+from pipeline.models import build_model, flops_per_image, input_resolution
 from pipeline.spec import METRICS, PER_EPOCH_METRICS, StudySpec, TrainSpec
 from pipeline.stages import (
     Evaluation,
@@ -47,9 +47,20 @@ class StudyContext:
     device: torch.device
     thresholds: dict[str, float]  # error-analysis cut-offs fitted on train images
     manual_tags: dict[int, list[str]] | None
+    pretrained: dict[str, torch.Tensor] | None  # ImageNet weights for resnet18_transfer
     tracker: Tracker
     parent_run_id: str
     lang: str
+    resized: dict[int, PreparedData] = field(default_factory=dict)  # prepared data by input resolution
+
+    def prepared_at(self, size: int) -> PreparedData:
+        """Return the prepared data at ``size`` pixels, resizing once per size and process."""
+        if size == self.data.image_size:
+            return self.prepared
+        if size not in self.resized:
+            log.info("resizing the prepared images once from %d to %d pixels", self.data.image_size, size)
+            self.resized[size] = resize_prepared(self.prepared, size)
+        return self.resized[size]
 
 
 @dataclass(frozen=True)
@@ -137,9 +148,18 @@ def _run_stages(trial: optuna.Trial, context: StudyContext, hyperparameters: dic
                 run_id: str) -> TrialResult:
     spec, data, tracker, device = context.spec, context.data, context.tracker, context.device
     seed = spec.seed + trial.number
+    arch, knobs = hyperparameters["arch"], model_knobs(hyperparameters)
+    resolution = input_resolution(arch, knobs, data.image_size)
+    prepared = context.prepared_at(resolution)
+    extra = {}
+    if arch == "resnet18_transfer":
+        extra["pretrained"] = context.pretrained
+        tracker.set_tags(run_id, {"playbook.pretrained": context.pretrained is not None})
     torch.manual_seed(seed)
-    model = build_model(hyperparameters["arch"], data.channels, data.num_classes, data.image_size,
-                        model_knobs(hyperparameters), dropout=hyperparameters["dropout"])
+    model = build_model(arch, data.channels, data.num_classes, resolution, {**knobs, **extra},
+                        dropout=hyperparameters["dropout"])
+    flops = flops_per_image(model, data.channels, resolution)
+    tracker.log_metrics(run_id, {"flops_per_image": float(flops), "input_resolution": float(resolution)})
     config = TrainConfig(**{name: hyperparameters[name] for name in
                             ("optimizer", "lr", "weight_decay", "momentum", "batch_size", "epochs",
                              "schedule", "augment_flip")}, seed=seed)
@@ -148,7 +168,7 @@ def _run_stages(trial: optuna.Trial, context: StudyContext, hyperparameters: dic
     report_metric = spec.objective.metric if spec.objective.metric in PER_EPOCH_METRICS else "accuracy"
 
     def on_epoch(epoch: EpochResult) -> None:
-        dev_now = classification_metrics(context.prepared.y["dev"].numpy(), epoch.dev_predicted, labels)
+        dev_now = classification_metrics(prepared.y["dev"].numpy(), epoch.dev_predicted, labels)
         tracker.log_metrics(run_id, {"train_loss": epoch.train_loss, "train_accuracy": epoch.train_accuracy,
                                      "dev_accuracy": epoch.dev_accuracy, f"dev_{report_metric}_epoch":
                                      getattr(dev_now, report_metric), "lr": epoch.lr,
@@ -160,13 +180,16 @@ def _run_stages(trial: optuna.Trial, context: StudyContext, hyperparameters: dic
         if trial.should_prune():
             raise optuna.TrialPruned(f"pruned after epoch {epoch.epoch + 1}")
 
-    training = train_model(model, context.prepared, config, device, on_epoch)
+    training = train_model(model, prepared, config, device, on_epoch)
     step = len(training.history)
+    # A training step costs about 3 forward passes (forward, and backward for inputs and weights).
     tracker.log_metrics(run_id, {"train_seconds": training.seconds,
-                                 "train_images_per_second": training.images_per_second}, step=step)
-    log_model(tracker, run_id, model, hyperparameters, context)
+                                 "train_images_per_second": training.images_per_second,
+                                 "train_flops_per_second": 3.0 * flops * training.images_per_second},
+                        step=step)
+    log_model(tracker, run_id, model, hyperparameters, context, resolution)
 
-    evaluation = evaluate_stage(model, context.prepared, device, data.num_classes, spec.latency)
+    evaluation = evaluate_stage(model, prepared, device, data.num_classes, spec.latency)
     log_evaluation(tracker, run_id, evaluation, data.class_names, context.split.hash, step)
 
     errors = error_analysis_stage(evaluation, data, context.split.dev, context.thresholds,
@@ -182,7 +205,7 @@ def _run_stages(trial: optuna.Trial, context: StudyContext, hyperparameters: dic
 
 
 def log_model(tracker: Tracker, run_id: str, model: torch.nn.Module, hyperparameters: dict[str, Any],
-              context: StudyContext) -> None:
+              context: StudyContext, resolution: int) -> None:
     """Log the state dict and the config that rebuilds the model, for reruns and the final test."""
     data = context.data
     tracker.log_json(run_id, {
@@ -193,7 +216,8 @@ def log_model(tracker: Tracker, run_id: str, model: torch.nn.Module, hyperparame
         "hyperparameters": hyperparameters,
         "in_channels": data.channels,
         "num_classes": data.num_classes,
-        "image_size": data.image_size,
+        "image_size": resolution,
+        "native_image_size": data.image_size,
         "class_names": data.class_names,
         "normalization": asdict(context.prepared.stats),
         "split_hash": context.split.hash,
