@@ -46,6 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="Optuna storage URL (default: sqlite:///mlruns/optuna.db)")
     run.add_argument("--tracking-uri", metavar="URI",
                      help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlruns/mlflow.db)")
+    run.add_argument("--workers", type=_positive_int, default=1, metavar="K",
+                     help="worker processes on this machine, splitting the trials and the CPU cores (default: 1)")
     run.add_argument("--seed", type=int, metavar="INT", help="seed of the sampler and of training (default: the spec's)")
     run.add_argument("--lang", choices=("en", "vi"), help="language of the summary and diagnosis (default: the spec's)")
 
@@ -164,7 +166,7 @@ def _run(args: argparse.Namespace) -> int:
         spec = spec.model_copy(update={"seed": args.seed})
     lang = args.lang or spec.language
     outcome = run_study(spec, trials=args.trials, storage=args.storage,
-                        tracking_uri=args.tracking_uri, lang=lang)
+                        tracking_uri=args.tracking_uri, lang=lang, workers=args.workers)
     print(render_summary(outcome, lang))
     return EXIT_OK if outcome.counts["COMPLETE"] > 0 else EXIT_NO_TRIAL
 

@@ -22,6 +22,7 @@ from pipeline.spec import DataSpec, Fractions, ShiftSpec
 log = logging.getLogger(__name__)
 
 SPLITS = ("train", "train_dev", "dev", "test")
+MAX_LISTED_BAD_FILES = 20
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
 MANIFEST_VERSION = 1
 
@@ -39,6 +40,7 @@ class ImageData:
     class_names: list[str]
     sources: list[str]  # file path or "<source>/<index>" per image
     fingerprint: str  # sha256 of pixels, labels and class names
+    skipped: tuple[str, ...] = ()  # bad files left out under data.bad_files: skip
 
     @property
     def channels(self) -> int:
@@ -99,18 +101,21 @@ def load_images(spec: DataSpec) -> ImageData:
         DataError: a missing folder, an empty class, or an unreadable image.
     """
     return load_source(spec.source, spec.path, channels=spec.channels, image_size=spec.image_size,
-                       fake_size=spec.fake_size, fake_classes=spec.fake_classes, fake_offset=spec.fake_offset)
+                       fake_size=spec.fake_size, fake_classes=spec.fake_classes, fake_offset=spec.fake_offset,
+                       bad_files=spec.bad_files)
 
 
 def load_source(source: str, path: Path | None, *, channels: int | None = None, image_size: int | None = None,
-                fake_size: int = 500, fake_classes: int = 10, fake_offset: int = 0) -> ImageData:
+                fake_size: int = 500, fake_classes: int = 10, fake_offset: int = 0,
+                bad_files: str = "error") -> ImageData:
     """Decode one source's images, converted to ``channels`` and resized to ``image_size`` when given."""
+    skipped: list[str] = []
     if source == "digits":
         images, labels, names, sources = _load_digits()
     elif source == "cifar10":
         images, labels, names, sources = _load_cifar10(path)
     elif source == "imagefolder":
-        images, labels, names, sources = _load_imagefolder(path, channels, image_size)
+        images, labels, names, sources, skipped = _load_imagefolder(path, channels, image_size, bad_files)
     else:
         images, labels, names, sources = _load_fake(fake_size, fake_classes, fake_offset, channels, image_size)
 
@@ -118,7 +123,7 @@ def load_source(source: str, path: Path | None, *, channels: int | None = None, 
         images = _convert_channels(images, channels)
     if image_size is not None and images.shape[-1] != image_size:
         images = resize(images, image_size)
-    return ImageData(images, labels, names, sources, _fingerprint(images, labels, names))
+    return ImageData(images, labels, names, sources, _fingerprint(images, labels, names), tuple(skipped))
 
 
 def apply_shift(images: torch.Tensor, shift: ShiftSpec) -> torch.Tensor:
@@ -190,7 +195,7 @@ def load_study_data(spec: DataSpec) -> tuple[ImageData, Split, Duplicates]:
     else:
         other = load_source(dev_test.source, dev_test.path, channels=main.channels, image_size=main.image_size,
                             fake_size=dev_test.fake_size, fake_classes=spec.fake_classes,
-                            fake_offset=dev_test.fake_offset)
+                            fake_offset=dev_test.fake_offset, bad_files=spec.bad_files)
         if other.class_names != main.class_names:
             raise DataError(f"data.dev_test classes {other.class_names} differ from the training classes "
                             f"{main.class_names}; both sources need the same class names")
@@ -228,7 +233,7 @@ def _concatenate(first: ImageData, second: ImageData) -> ImageData:
     images = torch.cat([first.images, second.images])
     labels = torch.cat([first.labels, second.labels])
     return ImageData(images, labels, first.class_names, first.sources + second.sources,
-                     _fingerprint(images, labels, first.class_names))
+                     _fingerprint(images, labels, first.class_names), first.skipped + second.skipped)
 
 
 def resize(images: torch.Tensor, size: int) -> torch.Tensor:
@@ -297,37 +302,49 @@ def _read_cifar_pickle(path: Path) -> dict:
     return content
 
 
-def _load_imagefolder(root: Path, channels: int | None, image_size: int | None
-                      ) -> tuple[torch.Tensor, torch.Tensor, list[str], list[str]]:
+def _load_imagefolder(root: Path, channels: int | None, image_size: int | None, bad_files: str = "error"
+                      ) -> tuple[torch.Tensor, torch.Tensor, list[str], list[str], list[str]]:
+    """Decode one folder per class; bad files stop the load, or are skipped and returned."""
     from PIL import Image, UnidentifiedImageError
 
     classes = sorted(entry.name for entry in root.iterdir() if entry.is_dir() and not entry.name.startswith("."))
     if not classes:
         raise DataError(f"no class folders in {root}; put one sub-folder of images per class there")
     files: list[tuple[Path, int]] = []
+    bad: list[str] = []
     for label, name in enumerate(classes):
-        found = sorted(p for p in (root / name).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
-        if not found:
-            raise DataError(f"class folder {root / name} has no images ({', '.join(IMAGE_SUFFIXES)}); "
-                            "add images or remove the folder")
-        files += [(path, label) for path in found]
+        for path in sorted(p for p in (root / name).rglob("*") if p.is_file() and not p.name.startswith(".")):
+            if path.suffix.lower() in IMAGE_SUFFIXES:
+                files.append((path, label))
+            else:
+                bad.append(f"{path} (not an image file: suffix {path.suffix or 'none'})")
 
-    decoded, bad = [], []
-    for path, _ in files:
+    decoded, kept = [], []
+    for path, label in files:
         try:
             with Image.open(path) as image:
                 image.load()
                 decoded.append(image.copy())
+                kept.append((path, label))
         except (OSError, UnidentifiedImageError, ValueError) as error:
-            bad.append(f"{path} ({error})")
+            bad.append(f"{path} ({'empty file' if path.stat().st_size == 0 else error})")
+    if bad and bad_files == "error":
+        shown = "\n  ".join(bad[:MAX_LISTED_BAD_FILES])
+        more = f"\n  ... and {len(bad) - MAX_LISTED_BAD_FILES} more" if len(bad) > MAX_LISTED_BAD_FILES else ""
+        raise DataError(f"{len(bad)} bad file(s) under {root}:\n  {shown}{more}\n"
+                        "remove or replace them, or set data.bad_files: skip to leave them out")
     if bad:
-        shown = "\n  ".join(bad[:20])
-        more = f"\n  ... and {len(bad) - 20} more" if len(bad) > 20 else ""
-        raise DataError(f"{len(bad)} unreadable image(s) under {root}:\n  {shown}{more}\n"
-                        "remove or replace them")
+        log.warning("skipped %d bad file(s) under %s (data.bad_files: skip); the list is logged on the "
+                    "parent run as bad_files.txt", len(bad), root)
+    present = {label for _, label in kept}
+    empty = [classes[label] for label in range(len(classes)) if label not in present]
+    if empty:
+        raise DataError(f"class folder(s) with no readable images under {root}: {', '.join(empty)}; "
+                        "add images or remove the folders")
 
     if channels is None:
-        channels = 1 if all(image.mode in ("1", "L", "I", "I;16", "F") for image in decoded) else 3
+        grayscale_modes = ("1", "L", "LA", "I", "I;16", "F")
+        channels = 1 if all(image.mode in grayscale_modes for image in decoded) else 3
     mode = "L" if channels == 1 else "RGB"
     sizes = {image.size for image in decoded}
     if image_size is None and len(sizes) > 1:
@@ -335,14 +352,15 @@ def _load_imagefolder(root: Path, channels: int | None, image_size: int | None
                         f"{sorted(sizes)[:3]}); set data.image_size to resize them once")
     arrays = []
     for image in decoded:
+        # Mixed modes (grayscale, RGBA, palette) all become the model's channel count here.
         image = image.convert(mode)
         if image_size is not None and image.size != (image_size, image_size):
             image = image.resize((image_size, image_size), Image.BILINEAR)
         array = np.asarray(image, dtype=np.uint8)
         arrays.append(array[None] if array.ndim == 2 else array.transpose(2, 0, 1))
     images = torch.from_numpy(np.stack(arrays))
-    labels = torch.tensor([label for _, label in files], dtype=torch.int64)
-    return images, labels, classes, [str(path) for path, _ in files]
+    labels = torch.tensor([label for _, label in kept], dtype=torch.int64)
+    return images, labels, classes, [str(path) for path, _ in kept], bad
 
 
 def _load_fake(count: int, classes: int, offset: int, channels: int | None, image_size: int | None

@@ -161,6 +161,7 @@ class DataSpec(SpecModel):
     fake_offset: int = Field(0, ge=0)
     dev_test: DevTestSpec | None = None
     duplicates: Literal["error", "warn"] = "error"
+    bad_files: Literal["error", "skip"] = "error"  # unreadable, empty or non-image files in a folder
 
     @model_validator(mode="after")
     def _check_path(self) -> DataSpec:
@@ -321,7 +322,18 @@ class SearchSpec(SpecModel):
     sampler: Literal["random"] = "random"
     pruner: Literal["none", "median", "hyperband"] = "none"
     pruner_warmup_epochs: int = Field(2, ge=0)
+    pruner_startup_trials: int = Field(5, ge=0)  # median pruner: trials that are never pruned
     timeout_s: float | None = Field(None, gt=0)
+    heartbeat_interval_s: int = Field(10, ge=1)
+    grace_period_s: int = Field(60, ge=2)
+
+    @model_validator(mode="after")
+    def _grace_exceeds_heartbeat(self) -> SearchSpec:
+        if self.grace_period_s <= self.heartbeat_interval_s:
+            raise ValueError(f"search.grace_period_s ({self.grace_period_s}) must exceed "
+                             f"search.heartbeat_interval_s ({self.heartbeat_interval_s}), or live trials "
+                             "would be failed as stale; raise grace_period_s")
+        return self
 
 
 class LatencySpec(SpecModel):

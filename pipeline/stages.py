@@ -7,6 +7,7 @@ outputs to a run, so a rerun records exactly what the trial recorded.
 
 from __future__ import annotations
 
+import hashlib
 import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -23,7 +24,7 @@ from pipeline.messages import LANGUAGES
 from pipeline.metrics import Metrics
 from pipeline.models import count_parameters
 from pipeline.spec import DiagnosisSpec, ErrorAnalysisSpec, LatencySpec
-from pipeline.tracking import Tracker, sanitize_keys
+from pipeline.tracking import Tracker, safe_filename, sanitize_keys
 
 SCORE_FIELDS = ("accuracy", "macro_precision", "macro_recall", "macro_f1")
 
@@ -148,7 +149,6 @@ def log_error_analysis(tracker: Tracker, run_id: str, analysis: ErrorAnalysis, d
     """Log category shares, ``error_analysis.json``, ``errors.csv``, the error grid and galleries."""
     tracker.log_metrics(run_id, error_metrics(analysis), step=step)
     tracker.log_json(run_id, analysis.to_dict(), "error_analysis.json")
-    keys = sanitize_keys(list(analysis.breakdown))
     with tempfile.TemporaryDirectory() as scratch:
         folder = Path(scratch)
         tracker.log_file(run_id, analysis.write_csv(folder / "errors.csv"))
@@ -159,10 +159,18 @@ def log_error_analysis(tracker: Tracker, run_id: str, analysis: ErrorAnalysis, d
         for name in analysis.breakdown:
             members = analysis.members(name)
             if members:
-                _error_grid(members[: config.gallery_size], data, gallery / f"{keys[name]}.png",
+                _error_grid(members[: config.gallery_size], data, gallery / gallery_filename(name),
                             f"{name}: {len(members)} errors")
         if any(gallery.iterdir()):
             tracker.client.log_artifacts(run_id, str(gallery), artifact_path="gallery")
+
+
+def gallery_filename(category: str) -> str:
+    """Return the gallery file of a category: a plain name, with a hash when cleaning changed it."""
+    name = safe_filename(category)
+    if name != category:
+        name = f"{name}-{hashlib.sha1(category.encode()).hexdigest()[:6]}"
+    return f"{name}.png"
 
 
 def _error_grid(records: list, data: ImageData, path: Path, title: str) -> Path:

@@ -8,6 +8,8 @@ leaves nothing behind.
 from __future__ import annotations
 
 import logging
+import multiprocessing
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,13 +24,8 @@ from pipeline.data import ImageData, Split, load_study_data, prepare
 from pipeline.error_analysis import fit_thresholds, read_manual_tags
 from pipeline.models import hub_checkpoint_path, load_pretrained_state
 from pipeline.spec import StudySpec, spec_to_dict
-from pipeline.tracking import (
-    DEFAULT_ROOT,
-    Tracker,
-    absolute_sqlite_uri,
-    default_tracking_uri,
-    ensure_sqlite_folder,
-)
+from pipeline.storage import make_storage
+from pipeline.tracking import DEFAULT_ROOT, Tracker, default_tracking_uri
 from pipeline.trial import StudyContext, run_trial
 
 log = logging.getLogger(__name__)
@@ -36,6 +33,8 @@ log = logging.getLogger(__name__)
 ATTR_SPLIT_HASH = "split_hash"
 ATTR_PARENT_RUN = "mlflow_parent_run_id"
 ATTR_BASELINE = "baseline_dev"
+# Seconds to wait before reading back the parent run id on a shared server storage.
+PARENT_CLAIM_WAIT_S = 1.0
 
 
 class StudyError(RuntimeError):
@@ -93,7 +92,8 @@ def resolve_device(name: str) -> torch.device:
 def make_pruner(spec: StudySpec) -> optuna.pruners.BasePruner:
     """Build the spec's pruner; it reads the dev metric that each epoch reports."""
     if spec.search.pruner == "median":
-        return optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=spec.search.pruner_warmup_epochs)
+        return optuna.pruners.MedianPruner(n_startup_trials=spec.search.pruner_startup_trials,
+                                           n_warmup_steps=spec.search.pruner_warmup_epochs)
     if spec.search.pruner == "hyperband":
         epochs = spec.train.epochs
         max_epochs = getattr(epochs, "value", None) or getattr(epochs, "high", None) or max(epochs.choices)
@@ -140,23 +140,22 @@ def load_and_split(spec: StudySpec) -> tuple[ImageData, Split]:
     return data, split
 
 
-def run_study(spec: StudySpec, trials: int | None = None, storage: str | None = None,
-              tracking_uri: str | None = None, lang: str | None = None) -> StudyOutcome:
-    """Create or resume the spec's study and run ``trials`` more trials.
+@dataclass
+class OpenedStudy:
+    """A study ready to run trials in this process."""
 
-    Args:
-        spec: a validated study spec.
-        trials: trials to add; the spec's ``search.trials`` when None.
-        storage: Optuna storage URL; SQLite under ./mlruns when None.
-        tracking_uri: MLflow tracking URI; ``MLFLOW_TRACKING_URI`` or SQLite under ./mlruns when None.
-        lang: language of the diagnosis text; the spec's when None.
+    study: optuna.Study
+    context: StudyContext
+    existing: int  # trials the study had before this command
+    baseline: dict[str, dict[str, float]]
+
+
+def open_study(spec: StudySpec, storage: str, tracking_uri: str, lang: str, worker_index: int = 0) -> OpenedStudy:
+    """Validate the data, then create or resume the study, its parent run and its baseline.
+
+    Everything that can fail on bad input (data, pretrained weights, manual tags,
+    a changed split) is checked before storage, experiment or run are created.
     """
-    started = time.perf_counter()
-    storage = storage or default_storage()
-    tracking_uri = tracking_uri or default_tracking_uri()
-    lang = lang or spec.language
-    n_trials = trials if trials is not None else spec.search.trials
-
     device = resolve_device(spec.device)
     data, split = load_and_split(spec)
     pretrained = load_pretrained_weights(spec)
@@ -164,18 +163,18 @@ def run_study(spec: StudySpec, trials: int | None = None, storage: str | None = 
     if spec.error_analysis.manual_tags is not None:
         manual_tags = read_manual_tags(spec.error_analysis.manual_tags, len(data.labels))
 
-    ensure_sqlite_folder(storage)
     study = optuna.create_study(
-        study_name=spec.name, storage=absolute_sqlite_uri(storage), direction=spec.objective.direction,
-        pruner=make_pruner(spec), load_if_exists=True,
+        study_name=spec.name, storage=make_storage(storage, spec.search, tracking_uri, spec.name),
+        direction=spec.objective.direction, pruner=make_pruner(spec), load_if_exists=True,
     )
     if study.direction.name.lower() != spec.objective.direction:
         raise StudyError(f"study '{spec.name}' in {storage} was created to "
                          f"{study.direction.name.lower()}, but objective.metric '{spec.objective.metric}' "
                          f"needs {spec.objective.direction}; use a new study name")
     existing = len(study.trials)
-    # Seeding with the trial count keeps a resumed study from redrawing earlier trials' values.
-    study.sampler = optuna.samplers.RandomSampler(seed=spec.seed + existing)
+    # Seeding with the trial count and the worker index keeps resumed studies and parallel
+    # workers from redrawing each other's values, and keeps each run reproducible.
+    study.sampler = optuna.samplers.RandomSampler(seed=spec.seed + existing + 1_000_003 * worker_index)
 
     known_hash = study.user_attrs.get(ATTR_SPLIT_HASH)
     if known_hash is not None and known_hash != split.hash:
@@ -186,44 +185,132 @@ def run_study(spec: StudySpec, trials: int | None = None, storage: str | None = 
     tracker = Tracker(tracking_uri, spec.name)
     parent_run_id = study.user_attrs.get(ATTR_PARENT_RUN)
     if parent_run_id is None:
-        parent_run_id, baseline = _start_study_run(study, tracker, spec, data, split)
+        parent_run_id, baseline = _start_study_run(study, tracker, spec, data, split, storage)
     else:
         tracker.reopen(parent_run_id)
         baseline = study.user_attrs.get(ATTR_BASELINE, {})
         log.info("resuming study '%s' with %d earlier trials (MLflow parent run %s)",
                  spec.name, existing, parent_run_id)
-    _log_baseline(baseline)
 
-    prepared = prepare(data, split)
     context = StudyContext(
-        spec=spec, data=data, split=split, prepared=prepared, device=device,
+        spec=spec, data=data, split=split, prepared=prepare(data, split), device=device,
         thresholds=fit_thresholds(data.images[torch.from_numpy(split.train)], spec.error_analysis),
         manual_tags=manual_tags, pretrained=pretrained,
-        tracker=tracker, parent_run_id=parent_run_id, lang=lang,
+        tracker=tracker, parent_run_id=parent_run_id, lang=spec.language if lang is None else lang,
     )
-    log.info("running %d trial(s) of study '%s' on %s; tracking %s, storage %s",
-             n_trials, spec.name, device, tracking_uri, storage)
+    return OpenedStudy(study, context, existing, baseline)
+
+
+def run_trials(opened: OpenedStudy, n_trials: int) -> None:
+    """Run ``n_trials`` trials in this process; a failing trial is recorded and the loop goes on."""
+    spec = opened.context.spec
+    opened.study.optimize(lambda trial: run_trial(trial, opened.context), n_trials=n_trials,
+                          timeout=spec.search.timeout_s, catch=(Exception,), callbacks=[_TrialLogger(spec)])
+
+
+def run_study(spec: StudySpec, trials: int | None = None, storage: str | None = None,
+              tracking_uri: str | None = None, lang: str | None = None, workers: int = 1) -> StudyOutcome:
+    """Create or resume the spec's study and run ``trials`` more trials.
+
+    Args:
+        spec: a validated study spec.
+        trials: trials to add, in total over all workers; the spec's ``search.trials`` when None.
+        storage: Optuna storage URL; SQLite under ./mlruns when None.
+        tracking_uri: MLflow tracking URI; ``MLFLOW_TRACKING_URI`` or SQLite under ./mlruns when None.
+        lang: language of the diagnosis text; the spec's when None.
+        workers: worker processes on this machine; they share the cores and the storage.
+    """
+    started = time.perf_counter()
+    storage = storage or default_storage()
+    tracking_uri = tracking_uri or default_tracking_uri()
+    lang = lang or spec.language
+    n_trials = trials if trials is not None else spec.search.trials
+    if workers < 1:
+        raise StudyError(f"--workers must be at least 1, got {workers}")
+
+    opened = open_study(spec, storage, tracking_uri, lang)
+    context = opened.context
+    _log_baseline(opened.baseline)
+    log.info("running %d trial(s) of study '%s' on %s with %d worker(s); tracking %s, storage %s",
+             n_trials, spec.name, context.device, workers, tracking_uri, storage)
     try:
-        study.optimize(lambda trial: run_trial(trial, context), n_trials=n_trials,
-                       timeout=spec.search.timeout_s, catch=(Exception,),
-                       callbacks=[_TrialLogger(spec)])
+        if workers == 1:
+            run_trials(opened, n_trials)
+        else:
+            run_workers(spec, storage, tracking_uri, lang, n_trials, workers)
     except BaseException:
-        tracker.finish(parent_run_id, "KILLED")
+        context.tracker.finish(context.parent_run_id, "KILLED")
         raise
 
-    outcome = summarize(study, spec, storage, tracking_uri, tracker.experiment_id, parent_run_id,
-                        new_trials=len(study.trials) - existing, baseline=baseline,
-                        seconds=time.perf_counter() - started)
-    _record_best(tracker, parent_run_id, outcome)
-    tracker.finish(parent_run_id, "FINISHED")
+    study = opened.study
+    outcome = summarize(study, spec, storage, tracking_uri, context.tracker.experiment_id, context.parent_run_id,
+                        new_trials=len(study.get_trials(deepcopy=False)) - opened.existing,
+                        baseline=opened.baseline, seconds=time.perf_counter() - started)
+    _record_best(context.tracker, context.parent_run_id, outcome)
+    context.tracker.finish(context.parent_run_id, "FINISHED")
     return outcome
 
 
+def run_workers(spec: StudySpec, storage: str, tracking_uri: str, lang: str, n_trials: int, workers: int) -> None:
+    """Run the trials in ``workers`` processes that split the trials and the CPU cores between them.
+
+    Each worker decodes the data once for itself and runs its share of the trials
+    against the shared storage. A worker that dies loses only its running trial,
+    which the next heartbeat check marks failed and queues again.
+    """
+    shares = [n_trials // workers + (1 if index < n_trials % workers else 0) for index in range(workers)]
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    context = multiprocessing.get_context("spawn")
+    processes = []
+    for index, share in enumerate(shares):
+        if share == 0:
+            continue
+        process = context.Process(
+            target=_worker_main, name=f"worker-{index}",
+            args=(spec_to_dict(spec), storage, tracking_uri, lang, share, threads, index,
+                  logging.getLogger("pipeline").getEffectiveLevel()))
+        process.start()
+        processes.append(process)
+    for process in processes:
+        process.join()
+        if process.exitcode != 0:
+            log.error("%s exited with code %s; its finished trials are kept", process.name, process.exitcode)
+
+
+def _worker_main(raw_spec: dict[str, Any], storage: str, tracking_uri: str, lang: str, n_trials: int,
+                 threads: int, index: int, level: int) -> None:
+    from pipeline.spec import parse_spec
+
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter(f"%(asctime)s %(levelname)-7s [worker {index}] %(message)s",
+                                           datefmt="%H:%M:%S"))
+    logging.getLogger().handlers[:] = [handler]
+    logging.getLogger("pipeline").setLevel(level)
+    optuna.logging.disable_default_handler()
+    optuna.logging.set_verbosity(logging.WARNING)
+    # K workers each starting one thread per core would oversubscribe the CPU.
+    torch.set_num_threads(threads)
+    spec = parse_spec(raw_spec, source="worker spec")
+    run_trials(open_study(spec, storage, tracking_uri, lang, worker_index=index + 1), n_trials)
+
+
 def _start_study_run(study: optuna.Study, tracker: Tracker, spec: StudySpec, data: ImageData,
-                     split: Split) -> tuple[str, dict[str, dict[str, float]]]:
-    """Create the parent run with the spec, split manifest and baseline; once per study."""
+                     split: Split, storage: str) -> tuple[str, dict[str, dict[str, float]]]:
+    """Create the parent run with the spec, split manifest and baseline; once per study.
+
+    Workers on several machines may start a new study at the same moment. Each
+    writes its parent run id, waits longer than creating a run takes, and reads
+    the id back: the last writer wins, and the others delete their run and adopt it.
+    """
     parent_run_id = tracker.create_parent_run()
     study.set_user_attr(ATTR_PARENT_RUN, parent_run_id)
+    if not storage.startswith("sqlite:"):
+        time.sleep(PARENT_CLAIM_WAIT_S)
+    winner = study.user_attrs[ATTR_PARENT_RUN]
+    if winner != parent_run_id:
+        log.info("another worker created this study's parent run %s at the same time; using it", winner)
+        tracker.client.delete_run(parent_run_id)
+        return winner, study.user_attrs.get(ATTR_BASELINE, {})
     study.set_user_attr(ATTR_SPLIT_HASH, split.hash)
 
     plain = spec_to_dict(spec)
@@ -240,6 +327,9 @@ def _start_study_run(study: optuna.Study, tracker: Tracker, spec: StudySpec, dat
     tracker.set_tags(parent_run_id, {"optuna.storage_study": spec.name})
     tracker.log_text(parent_run_id, yaml.safe_dump(plain, sort_keys=False, allow_unicode=True), "spec.yaml")
     tracker.log_json(parent_run_id, split.manifest(), "split_manifest.json")
+    if data.skipped:
+        tracker.log_text(parent_run_id, "\n".join(data.skipped) + "\n", "bad_files.txt")
+        tracker.log_metrics(parent_run_id, {"data.skipped_files": float(len(data.skipped))})
 
     result = run_baseline(data, split)
     baseline = _baseline_dict(result)

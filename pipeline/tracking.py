@@ -63,6 +63,19 @@ def sanitize_key(name: str) -> str:
     return _KEY_FORBIDDEN.sub("_", name)[:250]
 
 
+_FILENAME_FORBIDDEN = re.compile(r"[^A-Za-z0-9_\-.]")
+
+
+def safe_filename(name: str) -> str:
+    """Turn a name from the data (a class, a category, a tag) into one plain file name.
+
+    Path separators become '_', and a leading dot is dropped, so the result can
+    never point outside the folder it is written to.
+    """
+    cleaned = _FILENAME_FORBIDDEN.sub("_", name).lstrip(".")[:120]
+    return cleaned or "unnamed"
+
+
 def _sqlite_artifact_root(tracking_uri: str) -> str | None:
     """For a local SQLite store, keep artifacts in an ``artifacts`` folder beside the database."""
     if not tracking_uri.startswith("sqlite:///"):

@@ -152,7 +152,7 @@ def test_imagefolder_reports_bad_files(tmp_path):
 def test_imagefolder_empty_class(tmp_path):
     _write_folder(tmp_path)
     (tmp_path / "class2").mkdir()
-    with pytest.raises(DataError, match="class2 has no images"):
+    with pytest.raises(DataError, match="no readable images under .*: class2"):
         load_images(DataSpec(source="imagefolder", path=tmp_path))
 
 
