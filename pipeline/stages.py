@@ -153,7 +153,7 @@ def log_error_analysis(tracker: Tracker, run_id: str, analysis: ErrorAnalysis, d
         folder = Path(scratch)
         tracker.log_file(run_id, analysis.write_csv(folder / "errors.csv"))
         tracker.log_file(run_id, _error_grid(analysis.errors[: config.grid_size], data, folder / "misclassified.png",
-                                             "dev errors: true→predicted (confidence)"))
+                                             "dev errors: index, confidence p, true->predicted"))
         gallery = folder / "gallery"
         gallery.mkdir()
         for name in analysis.breakdown:
@@ -175,7 +175,7 @@ def gallery_filename(category: str) -> str:
 
 def _error_grid(records: list, data: ImageData, path: Path, title: str) -> Path:
     images = data.images[torch.tensor([record.index for record in records], dtype=torch.int64)]
-    captions = [f"#{r.index} {r.true_label}→{r.predicted_label} ({r.confidence:.2f})" for r in records]
+    captions = [f"#{r.index} p={r.confidence:.2f}\n{r.true_label}->{r.predicted_label}" for r in records]
     return plots.image_grid_png(images, captions, path, title)
 
 
