@@ -104,8 +104,11 @@ def configure_logging(verbose: bool, quiet: bool) -> None:
     """Send logs to stderr: INFO by default, DEBUG with -v, WARNING with -q."""
     # MLflow draws a progress bar per artifact download, which buries the log lines.
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    from pipeline.progress import Progress, ProgressHandler, install
+
     level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
-    handler = logging.StreamHandler(sys.stderr)
+    display = install(Progress(sys.stderr, live=sys.stderr.isatty() and not quiet))
+    handler = ProgressHandler(display)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(message)s", datefmt="%H:%M:%S"))
     root = logging.getLogger()
     root.handlers[:] = [handler]

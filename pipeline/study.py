@@ -19,6 +19,7 @@ import optuna
 import torch
 import yaml
 
+from pipeline import progress
 from pipeline.baseline import BaselineResult, run_baseline
 from pipeline.data import ImageData, Split, load_study_data, prepare
 from pipeline.error_analysis import fit_thresholds, read_manual_tags
@@ -233,6 +234,7 @@ def run_study(spec: StudySpec, trials: int | None = None, storage: str | None = 
     _log_baseline(opened.baseline)
     log.info("running %d trial(s) of study '%s' on %s with %d worker(s); tracking %s, storage %s",
              n_trials, spec.name, context.device, workers, tracking_uri, storage)
+    progress.current().start(n_trials)
     try:
         if workers == 1:
             run_trials(opened, n_trials)
@@ -241,6 +243,8 @@ def run_study(spec: StudySpec, trials: int | None = None, storage: str | None = 
     except BaseException:
         context.tracker.finish(context.parent_run_id, "KILLED")
         raise
+    finally:
+        progress.current().close()
 
     study = opened.study
     outcome = summarize(study, spec, storage, tracking_uri, context.tracker.experiment_id, context.parent_run_id,
@@ -364,6 +368,7 @@ class _TrialLogger:
     def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         best = best_feasible_trial(study.get_trials(deepcopy=False), self.spec.objective.direction)
         best_text = f"trial {best.number} with {best.value:.4f}" if best else "none feasible yet"
+        progress.current().trial_finished(f"{best.value:.4f} (#{best.number})" if best else "-")
         if trial.state == optuna.trial.TrialState.COMPLETE:
             feasible = "feasible" if trial.user_attrs.get("feasible") else "infeasible"
             log.info("trial %d finished: %s %.4f (%s), params %s; best: %s", trial.number,

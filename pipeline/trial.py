@@ -13,7 +13,7 @@ from typing import Any
 import optuna
 import torch
 
-from pipeline import __version__
+from pipeline import __version__, progress
 from pipeline.data import ImageData, PreparedData, Split, resize_prepared
 from pipeline.diagnosis import Diagnosis
 from pipeline.error_analysis import ErrorAnalysis
@@ -173,9 +173,8 @@ def _run_stages(trial: optuna.Trial, context: StudyContext, hyperparameters: dic
                                      "dev_accuracy": epoch.dev_accuracy, f"dev_{report_metric}_epoch":
                                      getattr(dev_now, report_metric), "lr": epoch.lr,
                                      "epoch_seconds": epoch.seconds}, step=epoch.epoch)
-        log.info("trial %d epoch %d/%d: train_loss %.4f train_acc %.4f dev_acc %.4f (%.1fs)",
-                 trial.number, epoch.epoch + 1, config.epochs, epoch.train_loss,
-                 epoch.train_accuracy, epoch.dev_accuracy, epoch.seconds)
+        progress.current().epoch(trial.number, epoch.epoch + 1, config.epochs, epoch.train_loss,
+                                 epoch.train_accuracy, epoch.dev_accuracy, epoch.seconds)
         trial.report(getattr(dev_now, report_metric), epoch.epoch)
         if trial.should_prune():
             raise optuna.TrialPruned(f"pruned after epoch {epoch.epoch + 1}")
