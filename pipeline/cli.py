@@ -83,6 +83,12 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("spec", metavar="SPEC", help="path to the study's YAML spec")
     report.add_argument("--output", metavar="PATH", help="where to write the HTML (default: mlruns/reports/<study>.html)")
     _add_locations(report)
+
+    reference = commands.add_parser(
+        "spec-reference", parents=[common], help="print every spec field with its type, default and meaning",
+        description="Print the study spec reference as a markdown table, read off the spec model.",
+    )
+    reference.add_argument("--lang", choices=("en", "vi"), default="en", help="language of the meanings (default: en)")
     return parser
 
 
@@ -155,7 +161,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _dispatch(args: argparse.Namespace) -> int:
-    commands = {"run": _run, "finalize": _finalize, "rerun": _rerun, "report": _report}
+    commands = {"run": _run, "finalize": _finalize, "rerun": _rerun, "report": _report,
+                "spec-reference": _spec_reference}
     return commands[args.command](args)
 
 
@@ -223,4 +230,11 @@ def _report(args: argparse.Namespace) -> int:
     path = write_report(spec, args.storage or default_storage(), args.tracking_uri or default_tracking_uri(),
                         output, args.lang or spec.language)
     print(path)
+    return EXIT_OK
+
+
+def _spec_reference(args: argparse.Namespace) -> int:
+    from pipeline.specdoc import render
+
+    print(render(args.lang))
     return EXIT_OK
