@@ -273,3 +273,56 @@ def test_find_duplicates_across_parts_only(digits):
     duplicates = find_duplicates(images, split)
     assert duplicates.count == 1
     assert duplicates.groups[0] == {"train": [int(split.train[0])], "dev": [int(split.dev[0])]}
+
+
+def _write_mixed_folder(root, count=12):
+    """Two classes of distinct images in grayscale, RGBA and RGB modes."""
+    modes = ["L", "RGBA", "RGB"]
+    for label in range(2):
+        folder = root / f"class{label}"
+        folder.mkdir(parents=True)
+        for i in range(count):
+            mode = modes[i % 3]
+            level = 30 + 200 * label
+            color = level if mode == "L" else (level, level, level, 255) if mode == "RGBA" else (level,) * 3
+            image = Image.new(mode, (6, 6), color)
+            image.putpixel((0, 0), i * 10 if mode == "L" else (i * 10,) * len(image.getbands()))
+            image.save(folder / f"{i}.png")
+
+
+def test_mixed_modes_become_rgb(tmp_path):
+    _write_mixed_folder(tmp_path)
+    data = load_images(DataSpec(source="imagefolder", path=tmp_path))
+    assert data.images.shape == (24, 3, 6, 6)
+    # Grayscale 30 becomes (30, 30, 30); RGBA drops its alpha.
+    assert data.images[0, :, 1, 1].tolist() == [30, 30, 30]
+    assert data.images[13, :, 1, 1].tolist() == [230, 230, 230]
+
+
+def test_bad_files_listed_then_skipped(tmp_path):
+    _write_mixed_folder(tmp_path)
+    (tmp_path / "class0" / "notes.txt").write_text("not an image")
+    (tmp_path / "class1" / "empty.png").write_bytes(b"")
+    (tmp_path / "class1" / "cut.png").write_bytes((tmp_path / "class1" / "0.png").read_bytes()[:40])
+    with pytest.raises(DataError) as stopped:
+        load_images(DataSpec(source="imagefolder", path=tmp_path))
+    message = str(stopped.value)
+    assert "3 bad file(s)" in message
+    assert "notes.txt (not an image file" in message
+    assert "empty.png (empty file)" in message
+    assert "cut.png" in message
+    assert "data.bad_files: skip" in message
+
+    data = load_images(DataSpec(source="imagefolder", path=tmp_path, bad_files="skip"))
+    assert data.images.shape[0] == 24
+    assert len(data.skipped) == 3
+
+
+def test_bad_file_list_is_capped(tmp_path):
+    _write_mixed_folder(tmp_path)
+    for i in range(25):
+        (tmp_path / "class0" / f"junk{i:02d}.dat").write_text("x")
+    with pytest.raises(DataError) as stopped:
+        load_images(DataSpec(source="imagefolder", path=tmp_path))
+    assert "25 bad file(s)" in str(stopped.value)
+    assert "... and 5 more" in str(stopped.value)

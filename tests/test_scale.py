@@ -180,10 +180,10 @@ def test_workers_share_postgres_and_mlflow_server(workdir, tiny_spec, postgres, 
 # Killed workers and heartbeats
 
 
-def _slow_spec(tiny_spec):
+def _slow_spec(tiny_spec, epochs=40):
     spec = dict(tiny_spec)
     spec["model"] = {"arch": "small_cnn", "small_cnn": {"depth": 2, "width": 32}}
-    spec["train"] = dict(tiny_spec["train"], epochs=60)
+    spec["train"] = dict(tiny_spec["train"], epochs=epochs)
     spec["search"] = {"trials": 2, "heartbeat_interval_s": 1, "grace_period_s": 3}
     return spec
 
@@ -240,7 +240,7 @@ def test_killed_worker_trial_failed_and_retried(workdir, tiny_spec):
 
 
 def test_long_alive_trial_not_failed(workdir, tiny_spec):
-    spec = _write_spec(workdir, _slow_spec(tiny_spec))
+    spec = _write_spec(workdir, _slow_spec(tiny_spec, epochs=150))
     slow = _playbook(["run", spec, "--trials", "1", "-q"], workdir)
     _wait_for(lambda: [t.state.name for t in _trials()] == ["RUNNING"])
     time.sleep(4)  # the running trial is now older than the grace period
@@ -248,7 +248,11 @@ def test_long_alive_trial_not_failed(workdir, tiny_spec):
     for process in (slow, other):
         out, err = process.communicate(timeout=600)
         assert process.returncode == 0, err
-    assert [t.state.name for t in _trials()] == ["COMPLETE", "COMPLETE"]
+    first, second = _trials()
+    assert first.state.name == "COMPLETE"
+    assert second.state.name == "COMPLETE"
+    # The second worker checked for stale trials while the slow one was running.
+    assert second.datetime_start < first.datetime_complete
 
 
 # ---------------------------------------------------------------------------
@@ -362,3 +366,35 @@ def test_gallery_names_stay_inside_folder():
         assert "/" not in name
         assert "\\" not in name
         assert not name.startswith(".")
+
+
+def test_skipped_bad_files_logged_on_parent(workdir, tiny_spec):
+    from PIL import Image
+
+    for label in range(2):
+        folder = workdir / "images" / f"class{label}"
+        folder.mkdir(parents=True)
+        for i in range(30):
+            image = Image.new("RGB", (8, 8), (40 + 150 * label,) * 3)
+            image.putpixel((i % 8, i // 8), (255, 0, i))
+            image.save(folder / f"{i}.png")
+    (workdir / "images" / "class0" / "broken.jpg").write_bytes(b"\xff\xd8 not really")
+    tiny_spec["data"] = {"source": "imagefolder", "path": str(workdir / "images"), "bad_files": "skip"}
+    tiny_spec["search"] = {"trials": 1}
+    outcome = run_study(parse_spec(tiny_spec))
+    client = MlflowClient(absolute_sqlite_uri(TRACKING))
+    parent = client.get_run(outcome.parent_run_id)
+    assert parent.data.metrics["data.skipped_files"] == 1
+    listed = Path(client.download_artifacts(outcome.parent_run_id, "bad_files.txt", str(workdir)))
+    assert "broken.jpg" in listed.read_text()
+
+
+def test_hyperband_pruner_uses_epochs(tiny_spec):
+    from pipeline.study import make_pruner
+
+    tiny_spec["train"]["epochs"] = {"choices": [4, 12]}
+    tiny_spec["search"] = {"pruner": "hyperband", "pruner_warmup_epochs": 2}
+    pruner = make_pruner(parse_spec(tiny_spec))
+    assert isinstance(pruner, optuna.pruners.HyperbandPruner)
+    assert pruner._min_resource == 2
+    assert pruner._max_resource == 12
