@@ -112,7 +112,11 @@ def configure_logging(verbose: bool, quiet: bool) -> None:
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     from pipeline.progress import Progress, ProgressHandler, install
 
-    level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
+    level = logging.INFO
+    if verbose:
+        level = logging.DEBUG
+    elif quiet:
+        level = logging.WARNING
     display = install(Progress(sys.stderr, live=sys.stderr.isatty() and not quiet))
     handler = ProgressHandler(display)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(message)s", datefmt="%H:%M:%S"))

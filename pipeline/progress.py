@@ -1,8 +1,8 @@
 """Progress over trials and epochs: a live status line on a terminal, log lines elsewhere.
 
-On a terminal, stderr shows one line that is redrawn after every epoch (trial,
-epoch, the epoch's dev accuracy, the best value so far and the elapsed time);
-log records are printed above it. When stderr is a file or a pipe (CI, nohup),
+On a terminal, stderr shows one line that is redrawn after every epoch: trial,
+epoch, the epoch's dev accuracy, the best value so far and the elapsed time. Log
+records are printed above it. When stderr is a file or a pipe (CI, nohup),
 every epoch and every trial is one plain log line instead.
 """
 

@@ -1,9 +1,9 @@
 """Study report: one self-contained HTML page with pictures, also logged on the parent run.
 
 Figures are matplotlib PNGs embedded as base64, so the file opens anywhere with no
-network and no extra files: Optuna's optimization history and parameter
-importances, the best trial's error breakdown and confusion matrix, and tables
-of the best trials and the baselines.
+network and no extra files. The page shows Optuna's optimization history and
+parameter importances, the best trial's error breakdown and confusion matrix, and
+tables of the best trials and the baselines.
 """
 
 from __future__ import annotations

@@ -64,7 +64,7 @@ def rerun_stage(run_id: str, stage: str, tracking_uri: str, spec: StudySpec | No
     Args:
         run_id: the MLflow run id of a finished trial.
         stage: one of ``evaluate``, ``error-analysis`` or ``diagnosis``.
-        tracking_uri: the MLflow tracking URI that holds the run.
+        tracking_uri: the MLflow tracking URI that contains the run.
         spec: settings to use instead of the logged spec (its data must match the logged split).
     """
     if stage not in STAGES:

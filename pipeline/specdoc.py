@@ -1,7 +1,7 @@
 """The spec reference: every field with its type, default and meaning, read off the spec model.
 
 Field names, types and defaults come from the pydantic models and the model
-registry, so the table cannot drift from the code; only the meanings are written
+registry, so the table cannot drift from the code. Only the meanings are written
 here, in English and Vietnamese. The READMEs embed the output between markers,
 and a test checks that they match.
 """

@@ -4,7 +4,8 @@ Every RDB storage (SQLite on one machine, PostgreSQL or MySQL across machines)
 gets a heartbeat: a running trial whose worker stops beating for longer than the
 grace period is marked failed the next time any worker starts a trial. Its MLflow
 run is then closed as FAILED, and the trial is queued once more with the same
-params. A trial that is slow but alive keeps beating and is never failed.
+params. A slow trial keeps beating while its worker lives (Optuna beats from a
+thread), so it is not failed; a test runs a second worker against such a trial.
 """
 
 from __future__ import annotations
@@ -61,8 +62,8 @@ def make_storage(url: str, search: SearchSpec, tracking_uri: str, study_name: st
     engine_kwargs = {}
     if url.startswith("sqlite:"):
         engine_kwargs = {"connect_args": {"timeout": SQLITE_LOCK_TIMEOUT_S}}
-    # Workers that start together on an empty database race to create Optuna's tables;
-    # the loser sees a duplicate-object error, and the tables exist when it tries again.
+    # Workers that start together on an empty database race to create Optuna's tables.
+    # The loser gets a duplicate-object error, and the tables exist when it tries again.
     for attempt in range(1, CREATE_ATTEMPTS + 1):
         try:
             with warnings.catch_warnings():
