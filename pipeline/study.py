@@ -7,9 +7,11 @@ leaves nothing behind.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import multiprocessing
 import os
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,8 +36,10 @@ log = logging.getLogger(__name__)
 ATTR_SPLIT_HASH = "split_hash"
 ATTR_PARENT_RUN = "mlflow_parent_run_id"
 ATTR_BASELINE = "baseline_dev"
-# Seconds to wait before reading back the parent run id on a shared server storage.
-PARENT_CLAIM_WAIT_S = 1.0
+# Seconds to wait for other workers' parent runs on a shared server storage, and how
+# far back a parent run may have started to count as created at the same time.
+PARENT_CLAIM_WAIT_S = 2.0
+PARENT_CLAIM_WINDOW_MS = 10 * 60 * 1000
 
 
 class StudyError(RuntimeError):
@@ -302,15 +306,19 @@ def _start_study_run(study: optuna.Study, tracker: Tracker, spec: StudySpec, dat
                      split: Split, storage: str) -> tuple[str, dict[str, dict[str, float]]]:
     """Create the parent run with the spec, split manifest and baseline; once per study.
 
-    Workers on several machines may start a new study at the same moment. Each
-    writes its parent run id, waits longer than creating a run takes, and reads
-    the id back: the last writer wins, and the others delete their run and adopt it.
+    Workers on several machines may start a new study at the same moment, and each
+    creates a parent run. Each then waits a moment, so that the others' runs are
+    visible, and keeps the earliest started parent run of this study; a worker whose
+    own run is not the earliest deletes it. Runs that start later find the earliest
+    one already there, so every worker settles on the same run.
     """
-    parent_run_id = tracker.create_parent_run()
-    study.set_user_attr(ATTR_PARENT_RUN, parent_run_id)
+    study_key = _study_key(study, storage)
+    parent_run_id = tracker.create_parent_run(study_key)
+    started_ms = tracker.client.get_run(parent_run_id).info.start_time
     if not storage.startswith("sqlite:"):
         time.sleep(PARENT_CLAIM_WAIT_S)
-    winner = study.user_attrs[ATTR_PARENT_RUN]
+    winner = tracker.earliest_parent_run(study_key, since_ms=started_ms - PARENT_CLAIM_WINDOW_MS)
+    study.set_user_attr(ATTR_PARENT_RUN, winner)
     if winner != parent_run_id:
         log.info("another worker created this study's parent run %s at the same time; using it", winner)
         tracker.client.delete_run(parent_run_id)
@@ -342,6 +350,12 @@ def _start_study_run(study: optuna.Study, tracker: Tracker, spec: StudySpec, dat
                                         for name, values in baseline.items() for metric, value in values.items()})
     tracker.log_json(parent_run_id, baseline, "baseline.json")
     return parent_run_id, baseline
+
+
+def _study_key(study: optuna.Study, storage: str) -> str:
+    """Name this Optuna study in this storage, without any password in the URL."""
+    location = re.sub(r"//[^@/]*@", "//", storage)
+    return hashlib.sha1(f"{location}#{study._study_id}#{study.study_name}".encode()).hexdigest()[:16]
 
 
 def _baseline_dict(result: BaselineResult) -> dict[str, dict[str, float]]:

@@ -28,6 +28,7 @@ TAG_ROLE = "playbook.role"
 TAG_STUDY = "playbook.study"
 TAG_TRIAL = "playbook.trial_number"
 TAG_STATE = "playbook.trial_state"
+TAG_STUDY_KEY = "playbook.study_key"  # names one Optuna study in one storage
 # Limits of MLflow 3.x (mlflow.utils.validation): values past them make log calls fail.
 MAX_BATCH_METRICS = 1000
 MAX_BATCH_PARAMS_AND_TAGS = 100
@@ -147,10 +148,20 @@ class Tracker:
             max_results=1, order_by=["attributes.start_time ASC"])
         return runs[0].info.run_id if runs else None
 
-    def create_parent_run(self) -> str:
+    def create_parent_run(self, study_key: str = "") -> str:
         run = self.client.create_run(self.experiment_id, run_name=f"study-{self.study_name}",
-                                     tags={TAG_ROLE: "study", TAG_STUDY: self.study_name})
+                                     tags={TAG_ROLE: "study", TAG_STUDY: self.study_name,
+                                           TAG_STUDY_KEY: study_key})
         return run.info.run_id
+
+    def earliest_parent_run(self, study_key: str, since_ms: int) -> str:
+        """Return the earliest parent run with ``study_key`` started at or after ``since_ms``."""
+        runs = self.client.search_runs(
+            [self.experiment_id],
+            filter_string=(f"tags.`{TAG_ROLE}` = 'study' and tags.`{TAG_STUDY_KEY}` = '{study_key}' "
+                           f"and attributes.start_time >= {since_ms}"),
+            max_results=100)
+        return min(runs, key=lambda run: (run.info.start_time, run.info.run_id)).info.run_id
 
     def create_trial_run(self, parent_run_id: str, trial_number: int, params: dict[str, Any]) -> str:
         """Start the nested run of one trial and write its params once."""
