@@ -32,6 +32,7 @@ class Diagnosis:
     min_gap: float
     test_error: float | None = None
     dev_overfitting: float | None = None  # test error − dev error, once the final test has run
+    noise: dict[str, float] | None = None  # two standard errors of each gap, where sizes are known
 
     @property
     def main_gap(self) -> str | None:
@@ -51,7 +52,7 @@ class Diagnosis:
 
 def diagnose(train_error: float, train_dev_error: float, dev_error: float,
              human_level_error: float | None = None, min_gap: float = 0.01,
-             test_error: float | None = None) -> Diagnosis:
+             test_error: float | None = None, sizes: dict[str, int] | None = None) -> Diagnosis:
     """Compute the gaps and rank those larger than ``min_gap``.
 
     Args:
@@ -61,6 +62,9 @@ def diagnose(train_error: float, train_dev_error: float, dev_error: float,
         human_level_error: proxy for the optimal error; 0 when not given.
         min_gap: gaps at or below this are not worth a recommendation.
         test_error: error on test, known only after the final test.
+        sizes: image counts of the splits (train, train_dev, dev, test). A gap must then
+            also exceed two standard errors of the difference of its two error rates,
+            so that sampling noise on a small dev set is not read as a problem.
     """
     human = 0.0 if human_level_error is None else human_level_error
     gaps = {
@@ -70,11 +74,30 @@ def diagnose(train_error: float, train_dev_error: float, dev_error: float,
     }
     if test_error is not None:
         gaps["dev_overfitting"] = test_error - dev_error
+    errors = {"human": human, "train": train_error, "train_dev": train_dev_error, "dev": dev_error,
+              "test": test_error}
+    pairs = {"avoidable_bias": ("train", "human"), "variance": ("train_dev", "train"),
+             "data_mismatch": ("dev", "train_dev"), "dev_overfitting": ("test", "dev")}
+    noise = None
+    if sizes:
+        noise = {name: _two_standard_errors(errors, sizes, *pairs[name]) for name in gaps}
+    threshold = {name: max(min_gap, noise[name] if noise else 0.0) for name in gaps}
     # The tolerance keeps float noise (0.11 - 0.10 = 0.01000...09) from crossing the threshold.
-    ranked = sorted((name for name, value in gaps.items() if value > min_gap + 1e-9),
+    ranked = sorted((name for name, value in gaps.items() if value > threshold[name] + 1e-9),
                     key=lambda name: (-gaps[name], GAPS.index(name)))
     return Diagnosis(human, human_level_error is None, train_error, train_dev_error, dev_error,
-                     ranked=ranked, min_gap=min_gap, test_error=test_error, **gaps)
+                     ranked=ranked, min_gap=min_gap, test_error=test_error, noise=noise, **gaps)
+
+
+def _two_standard_errors(errors: dict[str, float | None], sizes: dict[str, int], first: str, second: str) -> float:
+    """Return twice the standard error of errors[first] − errors[second] (binomial, independent sets)."""
+    variance = 0.0
+    for split in (first, second):
+        if split == "human" or split not in sizes or sizes[split] <= 0:
+            continue
+        rate = errors[split]
+        variance += rate * (1.0 - rate) / sizes[split]
+    return 2.0 * variance ** 0.5
 
 
 def render(diagnosis: Diagnosis, lang: str = "en") -> str:

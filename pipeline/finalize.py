@@ -105,7 +105,9 @@ def finalize(spec: StudySpec, storage: str, tracking_uri: str, force: bool = Fal
 
     errors = {part: 1.0 - trial.evaluation[part]["accuracy"] for part in ("train", "train_dev", "dev")}
     errors["test"] = test_score.error
-    diagnosis = diagnosis_stage(errors, spec.diagnosis)
+    sizes = {part: sum(trial.evaluation[part]["support"]) for part in ("train", "train_dev", "dev")}
+    sizes["test"] = sum(test_score.support)
+    diagnosis = diagnosis_stage(errors, spec.diagnosis, sizes)
     result = FinalResult(
         study_name=spec.name, trial_number=best.number, run_id=trial.run_id,
         test={field: getattr(test_score, field) for field in SCORE_FIELDS} | {"error": test_score.error},

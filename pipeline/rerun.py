@@ -131,7 +131,8 @@ def _rerun_error_analysis(tracker: Tracker, run_id: str, trial: LoggedTrial, spe
 def _rerun_diagnosis(tracker: Tracker, run_id: str, trial: LoggedTrial, spec: StudySpec
                      ) -> tuple[list[Change], dict[str, float]]:
     errors = {part: 1.0 - trial.evaluation[part]["accuracy"] for part in ("train", "train_dev", "dev")}
-    diagnosis = diagnosis_stage(errors, spec.diagnosis)
+    sizes = {part: sum(trial.evaluation[part]["support"]) for part in ("train", "train_dev", "dev")}
+    diagnosis = diagnosis_stage(errors, spec.diagnosis, sizes)
     log_diagnosis(tracker, run_id, diagnosis, step=0)
     before = trial.diagnosis or {}
     changes = [Change(name, before.get(name), value) for name, value in diagnosis.gaps().items()]

@@ -122,7 +122,8 @@ DOCS: dict[str, tuple[str, str]] = {
     "error_analysis.gallery_size": ("errors shown per category gallery", "số lỗi hiển thị trong gallery mỗi nhóm"),
     "diagnosis.human_level_error": ("proxy for the optimal error, as a fraction; unset: 0",
                                     "giá trị xấp xỉ sai số tối ưu, dạng tỉ lệ; bỏ trống: 0"),
-    "diagnosis.min_gap": ("gaps at or below this get no advice", "khoảng cách không vượt mức này thì không kèm gợi ý"),
+    "diagnosis.min_gap": ("gaps at or below this, or within two standard errors of sampling noise, get no advice",
+                          "khoảng cách không vượt mức này, hoặc nằm trong hai độ lệch chuẩn của nhiễu lấy mẫu, thì không kèm gợi ý"),
 }
 
 # Text fields whose values come from a fixed set.

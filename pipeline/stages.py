@@ -71,10 +71,11 @@ def error_analysis_stage(evaluation: Evaluation, data: ImageData, dev_indices: n
                           data.class_names, thresholds, config, manual_tags)
 
 
-def diagnosis_stage(errors: dict[str, float], config: DiagnosisSpec) -> Diagnosis:
+def diagnosis_stage(errors: dict[str, float], config: DiagnosisSpec,
+                    sizes: dict[str, int] | None = None) -> Diagnosis:
     """Diagnose from error rates keyed by split name (train, train_dev, dev, optionally test)."""
     return diagnose(errors["train"], errors["train_dev"], errors["dev"], config.human_level_error,
-                    config.min_gap, errors.get("test"))
+                    config.min_gap, errors.get("test"), sizes)
 
 
 # ---------------------------------------------------------------------------

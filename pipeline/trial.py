@@ -195,7 +195,8 @@ def _run_stages(trial: optuna.Trial, context: StudyContext, hyperparameters: dic
                                   spec.error_analysis, context.manual_tags)
     log_error_analysis(tracker, run_id, errors, data, spec.error_analysis, step)
 
-    diagnosis = diagnosis_stage({name: score.error for name, score in evaluation.scores.items()}, spec.diagnosis)
+    diagnosis = diagnosis_stage({name: score.error for name, score in evaluation.scores.items()}, spec.diagnosis,
+                                {name: sum(score.support) for name, score in evaluation.scores.items()})
     log_diagnosis(tracker, run_id, diagnosis, step)
 
     violations = {c.metric: c.violation(evaluation.metric(c.metric)) for c in spec.objective.constraints}

@@ -66,3 +66,16 @@ def test_catalogue_placeholders_match():
         fields = [{name for _, name, _, _ in string.Formatter().parse(versions[lang]) if name}
                   for lang in LANGUAGES]
         assert fields[0] == fields[1], key
+
+
+def test_noise_hides_small_gap_on_small_sets():
+    # 1.3 points between train-dev and dev is within noise for 1,000 images each:
+    # 2 * sqrt(0.448*0.552/1000 + 0.461*0.539/1000) = 0.0444.
+    noisy = diagnose(0.46, 0.448, 0.461, human_level_error=0.06,
+                     sizes={"train": 7000, "train_dev": 1000, "dev": 1000})
+    assert noisy.noise["data_mismatch"] == pytest.approx(0.0444, abs=0.0005)
+    assert noisy.ranked == ["avoidable_bias"]
+    # The same gap on 100,000 images each is real.
+    large = diagnose(0.46, 0.448, 0.461, human_level_error=0.06,
+                     sizes={"train": 700000, "train_dev": 100000, "dev": 100000})
+    assert large.ranked == ["avoidable_bias", "data_mismatch"]
