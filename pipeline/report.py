@@ -145,7 +145,9 @@ def _best_trial_sections(tracker: Tracker, best: optuna.trial.FrozenTrial, lang:
 
 def _breakdown_figure(analysis: dict[str, Any]) -> str:
     breakdown = analysis.get("breakdown", {})
-    if not breakdown or not analysis.get("error_count"):
+    if not analysis.get("error_count"):
+        return f"<p>0 / {analysis.get('dev_size', '?')}</p>"
+    if not breakdown:
         return "<p>-</p>"
     names = sorted(breakdown, key=lambda name: -breakdown[name]["share_of_errors"])
     shares = [breakdown[name]["share_of_errors"] * 100 for name in names]
@@ -201,7 +203,7 @@ def _page(title: str, body: str, lang: str) -> str:
 <html lang="{lang}"><head><meta charset="utf-8"><title>{_e(title)}</title>
 <style>
 body {{ font-family: system-ui, sans-serif; max-width: 1000px; margin: 2em auto; padding: 0 1em; color: #222; }}
-table {{ border-collapse: collapse; margin: 0.5em 0; font-size: 0.9em; }}
+table {{ border-collapse: collapse; margin: 0.5em 0; font-size: 0.9em; display: block; overflow-x: auto; }}
 th, td {{ border: 1px solid #ccc; padding: 0.25em 0.6em; text-align: right; }}
 th {{ background: #f3f3f3; }}
 img {{ max-width: 100%; }}
