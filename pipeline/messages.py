@@ -116,6 +116,10 @@ CATALOGUE: dict[str, dict[str, str]] = {
         "vi": "Cần ít nhất hai trial hoàn tất có tham số được tìm kiếm để tính mức quan trọng của tham số.",
     },
     "report.best_trial": {"en": "Best feasible trial #{number}", "vi": "Trial tốt nhất đạt ràng buộc #{number}"},
+    "report.no_errors": {
+        "en": "No dev errors: all {dev_size} dev images are classified correctly.",
+        "vi": "Không có lỗi trên dev: cả {dev_size} ảnh dev đều được phân loại đúng.",
+    },
     "report.confusion": {"en": "Dev confusion matrix", "vi": "Confusion matrix trên dev"},
     "report.misclassified": {"en": "Misclassified dev images", "vi": "Ảnh dev bị phân loại sai"},
     # Error analysis

@@ -129,7 +129,7 @@ def _best_trial_sections(tracker: Tracker, best: optuna.trial.FrozenTrial, lang:
     with tempfile.TemporaryDirectory() as scratch:
         analysis = _download_json(tracker, run_id, "error_analysis.json", scratch)
         if analysis is not None:
-            sections.append(_section(text("errors.title", lang), _breakdown_figure(analysis)))
+            sections.append(_section(text("errors.title", lang), _breakdown_figure(analysis, lang)))
         confusion = _download(tracker, run_id, "confusion_matrix.png", scratch)
         if confusion is not None:
             sections.append(_section(text("report.confusion", lang), _image_html(confusion.read_bytes())))
@@ -143,10 +143,10 @@ def _best_trial_sections(tracker: Tracker, best: optuna.trial.FrozenTrial, lang:
     return sections
 
 
-def _breakdown_figure(analysis: dict[str, Any]) -> str:
+def _breakdown_figure(analysis: dict[str, Any], lang: str) -> str:
     breakdown = analysis.get("breakdown", {})
     if not analysis.get("error_count"):
-        return f"<p>0 / {analysis.get('dev_size', '?')}</p>"
+        return f"<p>{_e(text('report.no_errors', lang, dev_size=analysis.get('dev_size', '?')))}</p>"
     if not breakdown:
         return "<p>-</p>"
     names = sorted(breakdown, key=lambda name: -breakdown[name]["share_of_errors"])
