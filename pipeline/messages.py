@@ -120,6 +120,9 @@ CATALOGUE: dict[str, dict[str, str]] = {
         "en": "No dev errors: all {dev_size} dev images are classified correctly.",
         "vi": "Không có lỗi trên dev: cả {dev_size} ảnh dev đều được phân loại đúng.",
     },
+    "report.param": {"en": "param", "vi": "tham số"},
+    "report.value": {"en": "value", "vi": "giá trị"},
+    "report.share_axis": {"en": "% of the {count} dev errors", "vi": "% trên tổng {count} lỗi trên dev"},
     "report.confusion": {"en": "Dev confusion matrix", "vi": "Confusion matrix trên dev"},
     "report.misclassified": {"en": "Misclassified dev images", "vi": "Ảnh dev bị phân loại sai"},
     # Error analysis

@@ -125,7 +125,8 @@ def _best_trial_sections(tracker: Tracker, best: optuna.trial.FrozenTrial, lang:
     run_id = best.user_attrs.get("mlflow_run_id")
     sections = [f"<h2>{_e(text('report.best_trial', lang, number=best.number))}</h2>",
                 f"<p>MLflow run <code>{_e(str(run_id))}</code></p>",
-                _table(["param", "value"], [[k, _format(v)] for k, v in sorted(best.params.items())])]
+                _table([text("report.param", lang), text("report.value", lang)],
+                       [[k, _format(v)] for k, v in sorted(best.params.items())])]
     with tempfile.TemporaryDirectory() as scratch:
         analysis = _download_json(tracker, run_id, "error_analysis.json", scratch)
         if analysis is not None:
@@ -153,7 +154,7 @@ def _breakdown_figure(analysis: dict[str, Any], lang: str) -> str:
     shares = [breakdown[name]["share_of_errors"] * 100 for name in names]
     figure, axes = plt.subplots(figsize=(7, 0.35 * len(names) + 1.2))
     axes.barh(names[::-1], shares[::-1], color="#4c72b0")
-    axes.set_xlabel(f"% of {analysis['error_count']} dev errors")
+    axes.set_xlabel(text("report.share_axis", lang, count=analysis["error_count"]))
     figure.tight_layout()
     return _figure_html(figure)
 
