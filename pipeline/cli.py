@@ -42,14 +42,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("spec", metavar="SPEC", help="path to the study's YAML spec")
     run.add_argument("--trials", type=_positive_int, metavar="N",
                      help="trials to add in this run (default: search.trials in the spec)")
-    run.add_argument("--storage", metavar="URL",
-                     help="Optuna storage URL (default: sqlite:///mlruns/optuna.db)")
-    run.add_argument("--tracking-uri", metavar="URI",
-                     help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlruns/mlflow.db)")
     run.add_argument("--workers", type=_positive_int, default=1, metavar="K",
                      help="worker processes on this machine, splitting the trials and the CPU cores (default: 1)")
     run.add_argument("--seed", type=int, metavar="INT", help="seed of the sampler and of training (default: the spec's)")
-    run.add_argument("--lang", choices=("en", "vi"), help="language of the summary and diagnosis (default: the spec's)")
+    _add_locations(run)
 
     finalize = commands.add_parser(
         "finalize", parents=[common], help="score the best feasible trial on the test split, once",
@@ -71,8 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="the stage to rerun")
     rerun.add_argument("--spec", metavar="SPEC", dest="spec_path",
                        help="use this spec's settings instead of the logged one (its data must be the same)")
-    rerun.add_argument("--tracking-uri", metavar="URI",
-                       help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlruns/mlflow.db)")
+    _add_tracking_uri(rerun)
 
     report = commands.add_parser(
         "report", parents=[common], help="write the study's HTML report",
@@ -94,9 +89,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _add_locations(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--storage", metavar="URL", help="Optuna storage URL (default: sqlite:///mlruns/optuna.db)")
+    _add_tracking_uri(parser)
+    parser.add_argument("--lang", choices=("en", "vi"),
+                        help="language of the summary, diagnosis and report (default: the spec's)")
+
+
+def _add_tracking_uri(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tracking-uri", metavar="URI",
                         help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlruns/mlflow.db)")
-    parser.add_argument("--lang", choices=("en", "vi"), help="language of the output (default: the spec's)")
 
 
 def _positive_int(value: str) -> int:

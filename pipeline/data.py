@@ -441,9 +441,10 @@ def _largest_remainder(total: int, shares: np.ndarray, rotate: int) -> np.ndarra
 
 
 def _make_split(parts: dict[str, np.ndarray], seed: int, fingerprint: str) -> Split:
-    split = Split(**parts, seed=seed, fingerprint=fingerprint)
+    split = Split(**parts, seed=seed, fingerprint=fingerprint,
+                  hash=_hash_json(_manifest_body(seed, fingerprint, parts)))
     check_disjoint(split)
-    return Split(**parts, seed=seed, fingerprint=fingerprint, hash=split.manifest()["hash"])
+    return split
 
 
 def check_disjoint(split: Split) -> None:

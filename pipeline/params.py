@@ -27,9 +27,6 @@ class Fixed:
     def suggest(self, trial: optuna.Trial, name: str) -> Scalar:
         return self.value
 
-    @property
-    def searched(self) -> bool:
-        return False
 
 
 @dataclass(frozen=True)
@@ -41,9 +38,6 @@ class FloatRange:
     def suggest(self, trial: optuna.Trial, name: str) -> float:
         return trial.suggest_float(name, self.low, self.high, log=self.log)
 
-    @property
-    def searched(self) -> bool:
-        return True
 
 
 @dataclass(frozen=True)
@@ -56,9 +50,6 @@ class IntRange:
     def suggest(self, trial: optuna.Trial, name: str) -> int:
         return trial.suggest_int(name, self.low, self.high, log=self.log, step=self.step)
 
-    @property
-    def searched(self) -> bool:
-        return True
 
 
 @dataclass(frozen=True)
@@ -68,9 +59,6 @@ class Choice:
     def suggest(self, trial: optuna.Trial, name: str) -> Scalar:
         return trial.suggest_categorical(name, list(self.choices))
 
-    @property
-    def searched(self) -> bool:
-        return True
 
 
 Param = Union[Fixed, FloatRange, IntRange, Choice]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import logging
 import os
 import re
@@ -141,13 +142,6 @@ class Tracker:
 
     # -- runs ---------------------------------------------------------------
 
-    def find_parent_run(self) -> str | None:
-        """Return the id of the study's parent run, or None before the first run."""
-        runs = self.client.search_runs(
-            [self.experiment_id], filter_string=f"tags.`{TAG_ROLE}` = 'study'",
-            max_results=1, order_by=["attributes.start_time ASC"])
-        return runs[0].info.run_id if runs else None
-
     def create_parent_run(self, study_key: str = "") -> str:
         run = self.client.create_run(self.experiment_id, run_name=f"study-{self.study_name}",
                                      tags={TAG_ROLE: "study", TAG_STUDY: self.study_name,
@@ -238,7 +232,6 @@ class Tracker:
 
 def _finite(value: float) -> bool:
     try:
-        number = float(value)
+        return math.isfinite(float(value))
     except (TypeError, ValueError):
         return False
-    return number == number and number not in (float("inf"), float("-inf"))
