@@ -4,8 +4,9 @@ Every RDB storage (SQLite on one machine, PostgreSQL or MySQL across machines)
 gets a heartbeat: a running trial whose worker stops beating for longer than the
 grace period is marked failed the next time any worker starts a trial. Its MLflow
 run is then closed as FAILED, and the trial is queued once more with the same
-params. A slow trial keeps beating while its worker lives (Optuna beats from a
-thread), so it is not failed; a test runs a second worker against such a trial.
+params. A slow trial keeps beating while its worker lives, because Optuna sends
+heartbeats from a thread. So it is not failed, and a test checks this with a
+second worker started during such a trial.
 """
 
 from __future__ import annotations

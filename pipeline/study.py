@@ -308,7 +308,7 @@ def _start_study_run(study: optuna.Study, tracker: Tracker, spec: StudySpec, dat
 
     Workers on several machines may start a new study at the same moment, and each
     creates a parent run. Each then waits a moment, so that the others' runs are
-    visible, and keeps the earliest started parent run of this study; a worker whose
+    visible, and keeps the earliest started parent run of this study. A worker whose
     own run is not the earliest deletes it. Runs that start later find the earliest
     one already there, so every worker settles on the same run.
     """

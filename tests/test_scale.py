@@ -218,7 +218,7 @@ def test_killed_worker_trial_failed_and_retried(workdir, tiny_spec):
 
     client = MlflowClient(absolute_sqlite_uri(TRACKING))
     killed = _trials()[1]
-    assert killed.state.name == "RUNNING"  # nobody has noticed yet
+    assert killed.state.name == "RUNNING"  # no worker has run the stale check yet
     assert client.get_run(killed.user_attrs["mlflow_run_id"]).info.status == "RUNNING"
     time.sleep(4)  # longer than the 3 s grace period
 
