@@ -115,9 +115,16 @@ class Tracker:
         self.study_name = study_name
         experiment = self.client.get_experiment_by_name(study_name)
         if experiment is None:
-            self.experiment_id = self.client.create_experiment(
-                study_name, artifact_location=self._artifact_location(),
-                tags={TAG_STUDY: study_name})
+            try:
+                self.experiment_id = self.client.create_experiment(
+                    study_name, artifact_location=self._artifact_location(),
+                    tags={TAG_STUDY: study_name})
+            except MlflowException as error:
+                # Another worker created it between the lookup and the create.
+                if error.error_code != "RESOURCE_ALREADY_EXISTS":
+                    raise
+                log.info("experiment '%s' was just created by another worker; using it", study_name)
+                self.experiment_id = self.client.get_experiment_by_name(study_name).experiment_id
         else:
             if experiment.lifecycle_stage == "deleted":
                 raise TrackingError(f"MLflow experiment '{study_name}' is deleted; restore it with "

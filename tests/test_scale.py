@@ -398,3 +398,21 @@ def test_hyperband_pruner_uses_epochs(tiny_spec):
     assert isinstance(pruner, optuna.pruners.HyperbandPruner)
     assert pruner._min_resource == 2
     assert pruner._max_resource == 12
+
+
+def test_experiment_created_concurrently(workdir, monkeypatch):
+    # Another worker creates the experiment between this worker's lookup and its create.
+    from mlflow.tracking import MlflowClient as Client
+
+    first = Tracker(TRACKING, "race")
+    real_lookup = Client.get_experiment_by_name
+    calls = []
+
+    def stale_lookup(self, name):
+        calls.append(name)
+        return None if len(calls) == 1 else real_lookup(self, name)
+
+    monkeypatch.setattr(Client, "get_experiment_by_name", stale_lookup)
+    second = Tracker(TRACKING, "race")
+    assert second.experiment_id == first.experiment_id
+    assert len(calls) == 2
