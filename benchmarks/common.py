@@ -82,6 +82,11 @@ def median(values: list[float]) -> float:
     return statistics.median(values)
 
 
+def plural(count: int, noun: str, plural_noun: str | None = None) -> str:
+    """Return ``count`` with ``noun``, or with ``plural_noun`` (default: noun + "s") unless the count is 1."""
+    return f"{count} {noun}" if count == 1 else f"{count} {plural_noun or noun + 's'}"
+
+
 def table(headers: list[str], rows: list[list[object]]) -> str:
     """Format rows as a markdown table; floats keep the precision the caller rounded them to."""
     lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]

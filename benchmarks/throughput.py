@@ -1,0 +1,378 @@
+"""Compare the training throughput of the pipeline's train stage with simpler loops.
+
+Every loop trains the pipeline's 6-layer plain CNN (small_cnn, depth 3, width 32) with
+Adam at batch size 64 on the same images, with the same number of torch threads:
+
+- the pipeline's train stage, ``pipeline.train.train_model``, as a trial calls it;
+- a minimal hand-written loop over the same pre-loaded normalized tensors;
+- the usual torchvision loop: a Dataset with per-image transforms.v2 in a DataLoader,
+  with 0 and with 2 worker processes;
+- on CIFAR-10 only, the same DataLoader loop with every image resized to 224 px.
+
+    python benchmarks/throughput.py            # full run, writes its section of docs/BENCHMARKS.md
+    python benchmarks/throughput.py --quick    # smoke test: less work, prints only
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from common import CIFAR_SUBSET, median, plural, table, verdict, write_section
+from pipeline.train import predict
+from workloads import (BATCH_SIZE, Workload, cifar_workload, digits_workload, load_average, new_model,
+                       time_dataloader_loop, time_minimal_loop, time_pipeline, time_resized_batches)
+
+# Reference figures for a quiet 2-core machine of the kind these benchmarks were written
+# for (torch 2.14.1, float32, the same model), given with the targets. This script does not
+# measure them.
+REFERENCE_MINIMAL_DIGITS = 6500.0  # images/s
+REFERENCE_MINIMAL_CIFAR = 480.0  # images/s at 32 px
+REFERENCE_DATALOADER_DIGITS = "1.2–1.8×"  # minimal loop ÷ DataLoader loop
+REFERENCE_DATALOADER_CIFAR = "≈ 1×"
+REFERENCE_RESIZE_SLOWDOWN = "≈ 90×"  # 224-px epoch ÷ 32-px epoch
+
+TARGET_VS_MINIMAL = 0.9
+TARGET_VS_DATALOADER_DIGITS = 1.2
+TARGET_VS_DATALOADER_CIFAR = 1.0
+RESIZED_SIZE = 224
+
+PIPELINE = "pipeline train stage"
+MINIMAL = "minimal loop"
+DATALOADER = "DataLoader, {} workers"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """How much work one run does."""
+
+    digits_epochs: int
+    cifar_per_class: int  # images taken from each class folder; 70 % of them train
+    cifar_epochs: int
+    repeats: int
+    resized_batches: int  # timed 224-px batches
+    resized_warmup: int  # untimed 224-px batches before them
+
+
+FULL = Settings(digits_epochs=3, cifar_per_class=286, cifar_epochs=1, repeats=3, resized_batches=4, resized_warmup=1)
+QUICK = Settings(digits_epochs=1, cifar_per_class=43, cifar_epochs=1, repeats=1, resized_batches=1, resized_warmup=0)
+
+
+@dataclass
+class Measured:
+    """Seconds of every repeat of one loop on one workload."""
+
+    workload: Workload
+    variant: str
+    epochs: int
+    seconds: list[float]
+
+    @property
+    def images(self) -> int:
+        return self.workload.train_count * self.epochs
+
+    @property
+    def images_per_second(self) -> float:
+        return median([self.images / seconds for seconds in self.seconds])
+
+    @property
+    def seconds_per_epoch(self) -> float:
+        return median(self.seconds) / self.epochs
+
+    @property
+    def rates(self) -> list[float]:
+        """Images/s of every repeat, in ascending order."""
+        return sorted(self.images / seconds for seconds in self.seconds)
+
+    def spread(self) -> str:
+        return f"{self.rates[0]:,.0f}–{self.rates[-1]:,.0f}"
+
+    def overlaps(self, other: Measured) -> bool:
+        """Return whether the images/s ranges of the two loops overlap."""
+        return self.rates[-1] >= other.rates[0] and other.rates[-1] >= self.rates[0]
+
+
+def variants() -> dict[str, Callable[[Workload, int], float]]:
+    """Return the loops to compare, each called with a workload and a number of epochs."""
+    return {
+        PIPELINE: time_pipeline,
+        MINIMAL: time_minimal_loop,
+        DATALOADER.format(0): lambda data, count: time_dataloader_loop(data, count, workers=0),
+        DATALOADER.format(2): lambda data, count: time_dataloader_loop(data, count, workers=2),
+    }
+
+
+def measure_workload(workload: Workload, epochs: int, repeats: int) -> WorkloadResults:
+    """Warm every loop up on 4 batches, then time the loops in turn for ``repeats`` rounds.
+
+    Running the loops in turn within each round, rather than one loop's repeats in a
+    row, spreads a slow spell of a shared CPU over all of them.
+    """
+    loops = variants()
+    warmup = workload.truncated(4 * BATCH_SIZE)
+    for name, loop in loops.items():
+        print(f"  warming up: {name}", flush=True)
+        loop(warmup, 1)
+    loop_results = {name: Measured(workload, name, epochs, []) for name in loops}
+    for round_number in range(repeats):
+        for name, loop in loops.items():
+            seconds = loop(workload, epochs)
+            loop_results[name].seconds.append(seconds)
+            print(f"  round {round_number + 1}/{repeats}: {name}: {seconds:.2f} s, "
+                  f"{workload.train_count * epochs / seconds:,.0f} images/s", flush=True)
+    return WorkloadResults(workload, loop_results, time_dev_scoring(workload, repeats))
+
+
+def time_dev_scoring(workload: Workload, repeats: int) -> float:
+    """Return the median seconds of one scoring of the dev part, as the train stage does after each epoch."""
+    model = new_model(workload)
+    device = torch.device("cpu")
+    predict(model, workload.prepared.x["dev"], device)
+    seconds = []
+    for _ in range(max(repeats, 3)):
+        start = time.perf_counter()
+        predict(model, workload.prepared.x["dev"], device)
+        seconds.append(time.perf_counter() - start)
+    return median(seconds)
+
+
+@dataclass(frozen=True)
+class WorkloadResults:
+    """Every loop's measurements on one workload, and the time of one dev scoring."""
+
+    workload: Workload
+    loops: dict[str, Measured]
+    dev_seconds: float
+
+    @property
+    def pipeline(self) -> Measured:
+        return self.loops[PIPELINE]
+
+    @property
+    def minimal(self) -> Measured:
+        return self.loops[MINIMAL]
+
+    @property
+    def faster_dataloader(self) -> Measured:
+        candidates = [self.loops[DATALOADER.format(workers)] for workers in (0, 2)]
+        return max(candidates, key=lambda measured: measured.images_per_second)
+
+    def ratio(self, numerator: Measured, denominator: Measured) -> float:
+        return numerator.images_per_second / denominator.images_per_second
+
+    def rows(self) -> list[list[object]]:
+        rows = []
+        for measured in self.loops.values():
+            rows.append([self.workload.name, measured.variant, self.workload.train_count, measured.epochs,
+                         len(measured.seconds), f"{measured.images_per_second:,.0f}", measured.spread(),
+                         f"{measured.seconds_per_epoch:.2f}", f"{self.ratio(self.pipeline, measured):.2f}"])
+        return rows
+
+    def describe(self) -> str:
+        """Explain the figures in two sentences, with the share of dev scoring."""
+        dev_share = self.dev_seconds / self.pipeline.seconds_per_epoch
+        # An estimate: the train stage's epoch less one separately timed dev scoring.
+        without_dev = self.minimal.seconds_per_epoch / max(self.pipeline.seconds_per_epoch - self.dev_seconds, 1e-9)
+        return (f"On {self.workload.name}, the train stage reached {self.ratio(self.pipeline, self.minimal):.2f}× "
+                f"the minimal loop and {self.ratio(self.pipeline, self.faster_dataloader):.2f}× the faster "
+                f"DataLoader loop ({self.faster_dataloader.variant}). Scoring the {self.workload.dev_count} dev "
+                f"images after each epoch took {self.dev_seconds:.2f} s, {dev_share:.0%} of the train stage's "
+                f"epoch. With that time taken out, the train stage would run at an estimated "
+                f"{without_dev:.2f}× the minimal loop.{self.noise_note()}")
+
+    def noise_note(self) -> str:
+        overlapping = [measured.variant for measured in (self.minimal, self.faster_dataloader)
+                       if self.pipeline.overlaps(measured)]
+        if not overlapping:
+            return ""
+        return (f" The train stage's images/s range overlaps that of the {' and the '.join(overlapping)}, "
+                "so this run cannot tell them apart.")
+
+
+@dataclass(frozen=True)
+class ResizeResult:
+    """The 224-px DataLoader loop's epoch, estimated from single batches, against the native 32-px epoch."""
+
+    native: Measured
+    batch_seconds: list[float]
+    epoch_seconds: float
+
+    @property
+    def slowdown(self) -> float:
+        return self.epoch_seconds / self.native.seconds_per_epoch
+
+    def table(self) -> str:
+        train_count = self.native.workload.train_count
+        batches = plural(len(self.batch_seconds), "batch", "batches")
+        rows = [
+            [f"{self.native.variant}, 32 px (native)", f"{self.native.seconds_per_epoch:.1f}",
+             f"timed: {plural(len(self.native.seconds), 'full epoch')}", "1.00"],
+            [f"{DATALOADER.format(0)}, resized to {RESIZED_SIZE} px", f"{self.epoch_seconds:.1f}",
+             f"estimated: median of {batches} × {train_count} / {BATCH_SIZE}", f"{self.slowdown:.1f}"],
+        ]
+        return table(["loop", "s per epoch", "how", "÷ 32 px"], rows)
+
+
+def measure_resize(workload: Workload, native: Measured, settings: Settings) -> ResizeResult:
+    """Time the 224-px DataLoader loop on a few batches and scale the median batch to one epoch."""
+    print(f"  {RESIZED_SIZE} px: {settings.resized_warmup} untimed and {settings.resized_batches} timed "
+          f"batches of {BATCH_SIZE}", flush=True)
+    seconds = time_resized_batches(workload, RESIZED_SIZE, settings.resized_batches, settings.resized_warmup)
+    epoch_seconds = median(seconds) / BATCH_SIZE * workload.train_count
+    return ResizeResult(native, seconds, epoch_seconds)
+
+
+@dataclass(frozen=True)
+class Run:
+    """Everything one run measured, and the machine load around it."""
+
+    settings: Settings
+    threads: int
+    digits: WorkloadResults
+    cifar: WorkloadResults | None  # None when the CIFAR-10 folder is missing
+    resize: ResizeResult | None
+    cifar_skip_reason: str
+    load_before: str
+    load_after: str
+    seconds: float
+
+
+def measure(settings: Settings, threads: int) -> Run:
+    load_before = load_average()
+    started = time.perf_counter()
+    print(f"digits: {plural(settings.digits_epochs, 'epoch')}, {plural(settings.repeats, 'round')}, "
+          f"{threads} torch threads", flush=True)
+    digits = measure_workload(digits_workload(), settings.digits_epochs, settings.repeats)
+
+    cifar_folder = CIFAR_SUBSET / "train"
+    cifar, resize, skip_reason = None, None, ""
+    if cifar_folder.is_dir():
+        print(f"CIFAR-10: {settings.cifar_per_class} images per class from {cifar_folder}", flush=True)
+        workload = cifar_workload(cifar_folder, settings.cifar_per_class)
+        cifar = measure_workload(workload, settings.cifar_epochs, settings.repeats)
+        resize = measure_resize(workload, cifar.loops[DATALOADER.format(0)], settings)
+    else:
+        skip_reason = f"CIFAR-10 rows skipped: the folder {cifar_folder} does not exist."
+        print(skip_reason)
+    return Run(settings, threads, digits, cifar, resize, skip_reason, load_before, load_average(),
+               time.perf_counter() - started)
+
+
+def render(run: Run) -> str:
+    """Write the run up as the markdown body of the throughput section."""
+    settings, digits, cifar = run.settings, run.digits, run.cifar
+    parts = [
+        "Training throughput of the pipeline's train stage against a minimal hand-written loop and "
+        "the usual torchvision DataLoader loop. Every loop trains the 6-layer plain CNN "
+        f"(`small_cnn`, depth 3, width 32, float32) with Adam at lr 1e-3 and batch size {BATCH_SIZE}, "
+        f"from the same seeded weights, with {run.threads} torch threads. Each loop is warmed up on 4 "
+        f"batches, then the loops run in turn, {plural(settings.repeats, 'round')}, and the table gives "
+        "the median.",
+        "- **pipeline train stage**: `pipeline.train.train_model` as a trial calls it, with a trial's "
+        "default cosine schedule. It scores the dev part after every epoch, because pruning needs that "
+        "score, and that time counts. Images/s counts training images only.\n"
+        "- **minimal loop**: `randperm`, slice a batch of the same normalized tensors, forward, loss, "
+        "backward, Adam step. This is the practical limit.\n"
+        "- **DataLoader, N workers**: a Dataset that applies `transforms.v2` ToImage, ToDtype and "
+        "Normalize to one raw image at a time (uint8 tensors for digits, PIL images decoded once into "
+        "memory for CIFAR-10), in `DataLoader(shuffle=True)`. Worker processes start anew each epoch, "
+        "as by default. The targets compare with the faster of the two worker counts.",
+        f"Digits: scikit-learn's 8×8 digits, split as a study splits them, {digits.workload.train_count} "
+        f"train and {digits.workload.dev_count} dev images, {plural(settings.digits_epochs, 'epoch')} per run.",
+    ]
+    if cifar is None:
+        parts.append(run.cifar_skip_reason)
+    else:
+        parts.append(f"CIFAR-10: the first {settings.cifar_per_class} images of each class in "
+                     f"`{CIFAR_SUBSET.name}/train`, split the same way: {cifar.workload.train_count} train and "
+                     f"{cifar.workload.dev_count} dev images at 32 px, {plural(settings.cifar_epochs, 'epoch')} "
+                     "per run.")
+    rows = digits.rows() + (cifar.rows() if cifar is not None else [])
+    parts.append(table(["data", "loop", "train images", "epochs", "repeats", "images/s (median)",
+                        "images/s range", "s per epoch", "train stage ÷ this"], rows))
+    parts += ["Targets:", "\n".join(verdicts(run)), " ".join(result.describe() for result in (digits, cifar)
+                                                           if result is not None)]
+    if run.resize is not None:
+        parts += [
+            f"Resizing CIFAR-10 images from 32 to {RESIZED_SIZE} px, as tutorials for ImageNet models do, "
+            f"in the DataLoader loop with 0 workers and the same model built for {RESIZED_SIZE}-px input. "
+            f"A full {RESIZED_SIZE}-px epoch would take too long, so the run times "
+            f"{plural(settings.resized_batches, 'batch', 'batches')} after "
+            f"{plural(settings.resized_warmup, 'untimed batch', 'untimed batches')} and scales the median "
+            "batch to the epoch:",
+            run.resize.table(),
+            f"The convolutions see {(RESIZED_SIZE / 32) ** 2:.0f}× as many pixels at {RESIZED_SIZE} px, "
+            f"and the epoch took {run.resize.slowdown:.0f}× as long, without any new detail in the images.",
+        ]
+    parts += [
+        "This run next to reference figures for a quiet 2-core machine of this kind (torch 2.14.1, "
+        "float32, same model). The reference figures were not measured by this run:",
+        table(["figure", "this run", "reference"], reference_rows(run)),
+        f"The 1-minute load average was {run.load_before} before the run and {run.load_after} after it, "
+        f"and the run took {run.seconds:.0f} s. Other processes on the CPU slow all loops, and the ranges "
+        "show how much the repeats differed.",
+    ]
+    return "\n\n".join(parts)
+
+
+def verdicts(run: Run) -> list[str]:
+    """Return one verdict line per target, leaving out the CIFAR-10 ones when it was skipped."""
+    lines = []
+    targets = (("digits", run.digits, TARGET_VS_DATALOADER_DIGITS),
+               ("CIFAR-10 32 px", run.cifar, TARGET_VS_DATALOADER_CIFAR))
+    for label, results, dataloader_target in targets:
+        if results is None:
+            continue
+        lines.append(verdict(f"Train stage ÷ minimal loop, {label}",
+                             results.ratio(results.pipeline, results.minimal), TARGET_VS_MINIMAL))
+        lines.append(verdict(f"Train stage ÷ faster DataLoader loop, {label}",
+                             results.ratio(results.pipeline, results.faster_dataloader), dataloader_target))
+    return lines
+
+
+def reference_rows(run: Run) -> list[list[str]]:
+    digits, cifar = run.digits, run.cifar
+    rows = [
+        ["minimal loop, digits, images/s", f"{digits.minimal.images_per_second:,.0f}",
+         f"≈ {REFERENCE_MINIMAL_DIGITS:,.0f}"],
+        ["minimal loop ÷ faster DataLoader loop, digits",
+         f"{digits.ratio(digits.minimal, digits.faster_dataloader):.2f}×", REFERENCE_DATALOADER_DIGITS],
+    ]
+    if cifar is not None:
+        rows += [
+            ["minimal loop, CIFAR-10 32 px, images/s", f"{cifar.minimal.images_per_second:,.0f}",
+             f"≈ {REFERENCE_MINIMAL_CIFAR:,.0f}"],
+            ["minimal loop ÷ faster DataLoader loop, CIFAR-10 32 px",
+             f"{cifar.ratio(cifar.minimal, cifar.faster_dataloader):.2f}×", REFERENCE_DATALOADER_CIFAR],
+        ]
+    if run.resize is not None:
+        rows.append([f"{RESIZED_SIZE}-px epoch ÷ 32-px epoch, DataLoader loop", f"{run.resize.slowdown:.1f}×",
+                     REFERENCE_RESIZE_SLOWDOWN])
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true",
+                        help="run a smoke test with fewer images, epochs and repeats, and print the section "
+                             "without writing it")
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads(),
+                        help="torch threads for every loop (default: torch's default, %(default)s here)")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+
+    body = render(measure(QUICK if args.quick else FULL, args.threads))
+    print()
+    print(body)
+    if args.quick:
+        print("\n--quick: docs/BENCHMARKS.md left unchanged")
+    else:
+        write_section("throughput", "Training throughput", body)
+
+
+if __name__ == "__main__":
+    main()
