@@ -54,6 +54,31 @@ def memory_gib() -> float | None:
     return None
 
 
+def load_average() -> float | None:
+    """Return the 1-minute load average, or None where the system does not report it."""
+    try:
+        return os.getloadavg()[0]
+    except OSError:
+        return None
+
+
+def load_note(before: float | None, after: float | None, seconds: float) -> str:
+    """Describe the machine load around a run, and warn when other work competed for the CPU.
+
+    The check reads the load average before the run, because the run's own threads
+    raise the one after it. A load of half a core or more counts as other work.
+    """
+    def shown(value: float | None) -> str:
+        return "unknown" if value is None else f"{value:.2f}"
+
+    text = (f"The 1-minute load average was {shown(before)} before the run and {shown(after)} after it, "
+            f"and the run took {seconds:.0f} s.")
+    if before is not None and before >= 0.5:
+        text += (f" Other processes were using the CPU ({os.cpu_count()} logical cores) when the run started, "
+                 "so these figures are noisy and likely too low. Rerun on a quiet machine before comparing them.")
+    return text
+
+
 def machine_line() -> str:
     """Describe the machine, the device and the library versions in one markdown paragraph."""
     import torch

@@ -22,9 +22,9 @@ from torch import nn
 from torch.profiler import ProfilerActivity, profile
 from torch.utils.flop_counter import FlopCounterMode
 
-from common import CIFAR_SUBSET, median, plural, table, verdict, write_section
+from common import CIFAR_SUBSET, load_average, load_note, median, plural, table, verdict, write_section
 from pipeline.models import flops_per_image
-from workloads import (BATCH_SIZE, LEARNING_RATE, Workload, cifar_workload, load_average, new_model,
+from workloads import (BATCH_SIZE, LEARNING_RATE, Workload, cifar_workload, new_model,
                        random_workload, time_minimal_loop, time_pipeline)
 
 # Reference figures for a quiet 2-core machine of the kind these benchmarks were written
@@ -148,8 +148,8 @@ class Run:
     images_per_second: dict[str, list[float]]  # per loop, one entry per round
     profiled: dict[str, float]  # self CPU seconds per group of OPERATOR_GROUPS
     profiled_wall: float
-    load_before: str
-    load_after: str
+    load_before: float | None
+    load_after: float | None
     seconds: float
 
     @property
@@ -269,9 +269,8 @@ def render(run: Run) -> str:
         + f"\n- For comparison, minimal loop FLOP/s ÷ matmul FLOP/s: {run.fraction(MINIMAL):.0%}.",
         describe_fractions(run),
         *describe_profile(run),
-        f"The 1-minute load average was {run.load_before} before the run and {run.load_after} after it, and "
-        f"the run took {run.seconds:.0f} s. Other processes on the CPU slow the products and the loops, and the "
-        "ranges show how much the repeats differed.",
+        load_note(run.load_before, run.load_after, run.seconds) + " The ranges show how much the rounds "
+        "differed.",
     ]
     return "\n\n".join(parts)
 

@@ -22,9 +22,9 @@ from typing import Callable
 
 import torch
 
-from common import CIFAR_SUBSET, median, plural, table, verdict, write_section
+from common import CIFAR_SUBSET, load_average, load_note, median, plural, table, verdict, write_section
 from pipeline.train import predict
-from workloads import (BATCH_SIZE, Workload, cifar_workload, digits_workload, load_average, new_model,
+from workloads import (BATCH_SIZE, Workload, cifar_workload, digits_workload, new_model,
                        time_dataloader_loop, time_minimal_loop, time_pipeline, time_resized_batches)
 
 # Reference figures for a quiet 2-core machine of the kind these benchmarks were written
@@ -39,6 +39,7 @@ REFERENCE_RESIZE_SLOWDOWN = "≈ 90×"  # 224-px epoch ÷ 32-px epoch
 TARGET_VS_MINIMAL = 0.9
 TARGET_VS_DATALOADER_DIGITS = 1.2
 TARGET_VS_DATALOADER_CIFAR = 1.0
+NATIVE_SIZE = 32
 RESIZED_SIZE = 224
 
 PIPELINE = "pipeline train stage"
@@ -53,18 +54,21 @@ class Settings:
     digits_epochs: int
     cifar_per_class: int  # images taken from each class folder; 70 % of them train
     cifar_epochs: int
-    repeats: int
-    resized_batches: int  # timed 224-px batches
-    resized_warmup: int  # untimed 224-px batches before them
+    digits_repeats: int
+    cifar_repeats: int
+    resized_batches: int  # timed batches per size in the 224-px comparison
+    resized_warmup: int  # untimed batches per size before them
 
 
-FULL = Settings(digits_epochs=3, cifar_per_class=286, cifar_epochs=1, repeats=3, resized_batches=4, resized_warmup=1)
-QUICK = Settings(digits_epochs=1, cifar_per_class=43, cifar_epochs=1, repeats=1, resized_batches=1, resized_warmup=0)
+FULL = Settings(digits_epochs=3, cifar_per_class=286, cifar_epochs=1, digits_repeats=5, cifar_repeats=3,
+                resized_batches=4, resized_warmup=1)
+QUICK = Settings(digits_epochs=1, cifar_per_class=43, cifar_epochs=1, digits_repeats=1, cifar_repeats=1,
+                 resized_batches=1, resized_warmup=0)
 
 
 @dataclass
 class Measured:
-    """Seconds of every repeat of one loop on one workload."""
+    """Seconds of every round of one loop on one workload."""
 
     workload: Workload
     variant: str
@@ -195,35 +199,39 @@ class WorkloadResults:
 
 @dataclass(frozen=True)
 class ResizeResult:
-    """The 224-px DataLoader loop's epoch, estimated from single batches, against the native 32-px epoch."""
+    """Single batches of the DataLoader loop at 32 and at 224 px, timed in turn, against the timed 32-px epochs."""
 
-    native: Measured
-    batch_seconds: list[float]
-    epoch_seconds: float
+    native: Measured  # full 32-px epochs of the DataLoader loop with 0 workers
+    batch_seconds: dict[int, list[float]]  # image size -> seconds per batch
+
+    def epoch_seconds(self, size: int) -> float:
+        """Return the median batch at ``size`` pixels scaled to one epoch: an estimate."""
+        return median(self.batch_seconds[size]) / BATCH_SIZE * self.native.workload.train_count
 
     @property
     def slowdown(self) -> float:
-        return self.epoch_seconds / self.native.seconds_per_epoch
+        return self.epoch_seconds(RESIZED_SIZE) / self.epoch_seconds(NATIVE_SIZE)
 
     def table(self) -> str:
         train_count = self.native.workload.train_count
-        batches = plural(len(self.batch_seconds), "batch", "batches")
-        rows = [
-            [f"{self.native.variant}, 32 px (native)", f"{self.native.seconds_per_epoch:.1f}",
-             f"timed: {plural(len(self.native.seconds), 'full epoch')}", "1.00"],
-            [f"{DATALOADER.format(0)}, resized to {RESIZED_SIZE} px", f"{self.epoch_seconds:.1f}",
-             f"estimated: median of {batches} × {train_count} / {BATCH_SIZE}", f"{self.slowdown:.1f}"],
-        ]
-        return table(["loop", "s per epoch", "how", "÷ 32 px"], rows)
+        native_epoch = self.epoch_seconds(NATIVE_SIZE)
+        rows = [[f"32 px (native), {plural(len(self.native.seconds), 'full epoch')} timed",
+                 f"{self.native.seconds_per_epoch:.1f}", f"{self.native.seconds_per_epoch / native_epoch:.2f}"]]
+        for size in (NATIVE_SIZE, RESIZED_SIZE):
+            batches = plural(len(self.batch_seconds[size]), "batch", "batches")
+            label = "32 px (native)" if size == NATIVE_SIZE else f"resized to {size} px"
+            rows.append([f"{label}, estimated: median of {batches} × {train_count} / {BATCH_SIZE}",
+                         f"{self.epoch_seconds(size):.1f}", f"{self.epoch_seconds(size) / native_epoch:.2f}"])
+        return table(["DataLoader loop, 0 workers", "s per epoch", "÷ 32-px estimate"], rows)
 
 
 def measure_resize(workload: Workload, native: Measured, settings: Settings) -> ResizeResult:
-    """Time the 224-px DataLoader loop on a few batches and scale the median batch to one epoch."""
-    print(f"  {RESIZED_SIZE} px: {settings.resized_warmup} untimed and {settings.resized_batches} timed "
-          f"batches of {BATCH_SIZE}", flush=True)
-    seconds = time_resized_batches(workload, RESIZED_SIZE, settings.resized_batches, settings.resized_warmup)
-    epoch_seconds = median(seconds) / BATCH_SIZE * workload.train_count
-    return ResizeResult(native, seconds, epoch_seconds)
+    """Time 32-px and 224-px batches of the DataLoader loop in turn, to scale each median batch to an epoch."""
+    print(f"  {NATIVE_SIZE} and {RESIZED_SIZE} px in turn: {settings.resized_warmup} untimed and "
+          f"{settings.resized_batches} timed batches of {BATCH_SIZE} each", flush=True)
+    seconds = time_resized_batches(workload, (NATIVE_SIZE, RESIZED_SIZE), settings.resized_batches,
+                                   settings.resized_warmup)
+    return ResizeResult(native, seconds)
 
 
 @dataclass(frozen=True)
@@ -236,24 +244,24 @@ class Run:
     cifar: WorkloadResults | None  # None when the CIFAR-10 folder is missing
     resize: ResizeResult | None
     cifar_skip_reason: str
-    load_before: str
-    load_after: str
+    load_before: float | None
+    load_after: float | None
     seconds: float
 
 
 def measure(settings: Settings, threads: int) -> Run:
     load_before = load_average()
     started = time.perf_counter()
-    print(f"digits: {plural(settings.digits_epochs, 'epoch')}, {plural(settings.repeats, 'round')}, "
+    print(f"digits: {plural(settings.digits_epochs, 'epoch')}, {plural(settings.digits_repeats, 'round')}, "
           f"{threads} torch threads", flush=True)
-    digits = measure_workload(digits_workload(), settings.digits_epochs, settings.repeats)
+    digits = measure_workload(digits_workload(), settings.digits_epochs, settings.digits_repeats)
 
     cifar_folder = CIFAR_SUBSET / "train"
     cifar, resize, skip_reason = None, None, ""
     if cifar_folder.is_dir():
         print(f"CIFAR-10: {settings.cifar_per_class} images per class from {cifar_folder}", flush=True)
         workload = cifar_workload(cifar_folder, settings.cifar_per_class)
-        cifar = measure_workload(workload, settings.cifar_epochs, settings.repeats)
+        cifar = measure_workload(workload, settings.cifar_epochs, settings.cifar_repeats)
         resize = measure_resize(workload, cifar.loops[DATALOADER.format(0)], settings)
     else:
         skip_reason = f"CIFAR-10 rows skipped: the folder {cifar_folder} does not exist."
@@ -270,8 +278,8 @@ def render(run: Run) -> str:
         "the usual torchvision DataLoader loop. Every loop trains the 6-layer plain CNN "
         f"(`small_cnn`, depth 3, width 32, float32) with Adam at lr 1e-3 and batch size {BATCH_SIZE}, "
         f"from the same seeded weights, with {run.threads} torch threads. Each loop is warmed up on 4 "
-        f"batches, then the loops run in turn, {plural(settings.repeats, 'round')}, and the table gives "
-        "the median.",
+        "batches. Then the loops run in turn, round after round, and the table gives the median of the "
+        "rounds.",
         "- **pipeline train stage**: `pipeline.train.train_model` as a trial calls it, with a trial's "
         "default cosine schedule. It scores the dev part after every epoch, because pruning needs that "
         "score, and that time counts. Images/s counts training images only.\n"
@@ -282,7 +290,8 @@ def render(run: Run) -> str:
         "memory for CIFAR-10), in `DataLoader(shuffle=True)`. Worker processes start anew each epoch, "
         "as by default. The targets compare with the faster of the two worker counts.",
         f"Digits: scikit-learn's 8×8 digits, split as a study splits them, {digits.workload.train_count} "
-        f"train and {digits.workload.dev_count} dev images, {plural(settings.digits_epochs, 'epoch')} per run.",
+        f"train and {digits.workload.dev_count} dev images, {plural(settings.digits_epochs, 'epoch')} per run, "
+        f"{plural(settings.digits_repeats, 'round')}.",
     ]
     if cifar is None:
         parts.append(run.cifar_skip_reason)
@@ -290,7 +299,7 @@ def render(run: Run) -> str:
         parts.append(f"CIFAR-10: the first {settings.cifar_per_class} images of each class in "
                      f"`{CIFAR_SUBSET.name}/train`, split the same way: {cifar.workload.train_count} train and "
                      f"{cifar.workload.dev_count} dev images at 32 px, {plural(settings.cifar_epochs, 'epoch')} "
-                     "per run.")
+                     f"per run, {plural(settings.cifar_repeats, 'round')}.")
     rows = digits.rows() + (cifar.rows() if cifar is not None else [])
     parts.append(table(["data", "loop", "train images", "epochs", "repeats", "images/s (median)",
                         "images/s range", "s per epoch", "train stage ÷ this"], rows))
@@ -302,8 +311,10 @@ def render(run: Run) -> str:
             f"in the DataLoader loop with 0 workers and the same model built for {RESIZED_SIZE}-px input. "
             f"A full {RESIZED_SIZE}-px epoch would take too long, so the run times "
             f"{plural(settings.resized_batches, 'batch', 'batches')} after "
-            f"{plural(settings.resized_warmup, 'untimed batch', 'untimed batches')} and scales the median "
-            "batch to the epoch:",
+            f"{plural(settings.resized_warmup, 'untimed batch', 'untimed batches')}, taking turns with as "
+            "many 32-px batches, and scales each median batch to the epoch. The ratio compares the two "
+            "estimates, because they were measured at the same time. The full 32-px epochs timed above "
+            "are shown for comparison:",
             run.resize.table(),
             f"The convolutions see {(RESIZED_SIZE / 32) ** 2:.0f}× as many pixels at {RESIZED_SIZE} px, "
             f"and the epoch took {run.resize.slowdown:.0f}× as long, without any new detail in the images.",
@@ -312,9 +323,8 @@ def render(run: Run) -> str:
         "This run next to reference figures for a quiet 2-core machine of this kind (torch 2.14.1, "
         "float32, same model). The reference figures were not measured by this run:",
         table(["figure", "this run", "reference"], reference_rows(run)),
-        f"The 1-minute load average was {run.load_before} before the run and {run.load_after} after it, "
-        f"and the run took {run.seconds:.0f} s. Other processes on the CPU slow all loops, and the ranges "
-        "show how much the repeats differed.",
+        load_note(run.load_before, run.load_after, run.seconds) + " The ranges show how much the rounds "
+        "differed.",
     ]
     return "\n\n".join(parts)
 

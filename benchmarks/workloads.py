@@ -7,7 +7,6 @@ from the same seeded weights, so the loops differ only in how batches reach the 
 
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -209,32 +208,29 @@ def time_dataloader_loop(workload: Workload, epochs: int, workers: int, batch_si
     return time.perf_counter() - start
 
 
-def time_resized_batches(workload: Workload, size: int, batches: int, warmup: int,
-                         batch_size: int = BATCH_SIZE) -> list[float]:
-    """Time single batches of the DataLoader loop with every image resized to ``size`` pixels.
+def time_resized_batches(workload: Workload, sizes: tuple[int, ...], batches: int, warmup: int,
+                         batch_size: int = BATCH_SIZE) -> dict[int, list[float]]:
+    """Time single batches of the DataLoader loop with the images resized to each of ``sizes`` pixels.
 
-    The model is built for ``size``-pixel input. Each time covers fetching the batch
-    (the per-image resize and transforms) and the training step. The first ``warmup``
-    batches are run but not returned.
+    Each size gets its own model, built for that input size, and its own loader. The
+    sizes take turns batch by batch, so a slow spell of a shared CPU hits all of them.
+    Each time covers fetching the batch (the per-image resize and transforms) and the
+    training step. The first ``warmup`` batches of each size are run but not returned.
     """
-    model = new_model(workload, image_size=size)
-    loader = image_loader(workload, workers=0, batch_size=batch_size, resize=size)
+    states = {}
+    for size in sizes:
+        model = new_model(workload, image_size=size)
+        resize = None if size == workload.image_size else size
+        loader = image_loader(workload, workers=0, batch_size=batch_size, resize=resize)
+        optimizer = torch.optim.Adam(model.parameters(), lr=LEARNING_RATE)
+        model.train()
+        states[size] = (model, optimizer, iter(loader))
     loss_fn = nn.CrossEntropyLoss()
-    optimizer = torch.optim.Adam(model.parameters(), lr=LEARNING_RATE)
-    model.train()
-    seconds = []
-    batch_iterator = iter(loader)
+    seconds: dict[int, list[float]] = {size: [] for size in sizes}
     for _ in range(warmup + batches):
-        start = time.perf_counter()
-        inputs, targets = next(batch_iterator)
-        train_step(model, optimizer, loss_fn, inputs, targets)
-        seconds.append(time.perf_counter() - start)
-    return seconds[warmup:]
-
-
-def load_average() -> str:
-    """Return the 1-minute load average as text, or "unknown" where the system does not report it."""
-    try:
-        return f"{os.getloadavg()[0]:.2f}"
-    except OSError:
-        return "unknown"
+        for size, (model, optimizer, batch_iterator) in states.items():
+            start = time.perf_counter()
+            inputs, targets = next(batch_iterator)
+            train_step(model, optimizer, loss_fn, inputs, targets)
+            seconds[size].append(time.perf_counter() - start)
+    return {size: times[warmup:] for size, times in seconds.items()}
