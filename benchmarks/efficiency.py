@@ -13,6 +13,7 @@ images. A profile of a few minimal-loop steps shows where the time goes.
 from __future__ import annotations
 
 import argparse
+import re
 import time
 from collections import defaultdict
 from dataclasses import dataclass
@@ -90,12 +91,17 @@ def training_flops_per_image(workload: Workload) -> tuple[float, dict[str, float
     return counter.get_total_flops() / len(inputs), per_operator
 
 
-def profile_steps(workload: Workload, steps: int) -> tuple[dict[str, float], float]:
-    """Profile ``steps`` minimal-loop steps after one untimed step.
+@dataclass(frozen=True)
+class StepProfile:
+    """Where the CPU time of a few training steps went."""
 
-    Returns the self CPU seconds per group of ``OPERATOR_GROUPS`` (the rest under
-    "everything else", the optimizer included) and the wall seconds of the steps.
-    """
+    seconds: dict[str, float]  # self CPU seconds per group of OPERATOR_GROUPS or "everything else"
+    wall: float  # seconds of the steps, profiler on
+    convolution_operators: list[str]  # profiled operator names that contain "convolution"
+
+
+def profile_steps(workload: Workload, steps: int) -> StepProfile:
+    """Profile ``steps`` minimal-loop steps after one untimed step."""
     model = new_model(workload)
     optimizer = torch.optim.Adam(model.parameters(), lr=LEARNING_RATE)
     inputs = workload.prepared.x["train"][:BATCH_SIZE]
@@ -115,12 +121,15 @@ def profile_steps(workload: Workload, steps: int) -> tuple[dict[str, float], flo
             step()
         wall = time.perf_counter() - start
     seconds: dict[str, float] = defaultdict(float)
+    convolution_operators = []
     # Self times exclude the children of each record, so their sum is the profiled CPU time.
     for event in profiler.key_averages():
         group = next((label for label, names in OPERATOR_GROUPS if any(name in event.key for name in names)),
                      "everything else")
         seconds[group] += event.self_cpu_time_total / 1e6
-    return dict(seconds), wall
+        if "convolution" in event.key:
+            convolution_operators.append(event.key)
+    return StepProfile(dict(seconds), wall, sorted(convolution_operators))
 
 
 def load_workload(settings: Settings) -> Workload:
@@ -146,8 +155,7 @@ class Run:
     forward_flops: float  # counted forward FLOPs per image, in eval mode
     matmul_rates: list[float]  # FLOP/s of each product
     images_per_second: dict[str, list[float]]  # per loop, one entry per round
-    profiled: dict[str, float]  # self CPU seconds per group of OPERATOR_GROUPS
-    profiled_wall: float
+    profile: StepProfile
     load_before: float | None
     load_after: float | None
     seconds: float
@@ -186,9 +194,9 @@ def measure(settings: Settings, threads: int) -> Run:
         print(f"  round {round_number + 1}/{settings.repeats}: matmul {median(matmul_rates) / 1e9:.1f} GFLOP/s, "
               f"{rates}", flush=True)
 
-    profiled, profiled_wall = profile_steps(workload, PROFILED_STEPS)
+    step_profile = profile_steps(workload, PROFILED_STEPS)
     return Run(settings, threads, workload, flops, per_operator, forward_flops, matmul_rates, images_per_second,
-               profiled, profiled_wall, load_before, load_average(), time.perf_counter() - started)
+               step_profile, load_before, load_average(), time.perf_counter() - started)
 
 
 def rate_rows(run: Run) -> list[list[str]]:
@@ -217,15 +225,27 @@ def describe_fractions(run: Run) -> str:
     return text + ". The minimal loop meets the target, so the shortfall comes from the pipeline's own work."
 
 
+def kernel_libraries(run: Run) -> str:
+    """Name the libraries behind ``torch.mm`` and the convolutions, from torch's build and the profile."""
+    config = torch.__config__.show()
+    blas = re.search(r"BLAS_INFO=(\w+)", config)
+    onednn = re.search(r"MKL-DNN (v[\d.]+)", config)
+    operators = ", ".join(f"`{name}`" for name in run.profile.convolution_operators)
+    return (f"This torch build uses the {blas.group(1) if blas else 'unknown'} BLAS for `torch.mm` and has "
+            f"oneDNN {onednn.group(1) if onednn else '(version unknown)'} for convolutions. In the profile "
+            f"below, the convolutions ran as {operators}. Each library picks its own kernels, so the matmul "
+            "FLOP/s is the rate of this machine's `torch.mm`, which need not be the CPU's peak.")
+
+
 def describe_profile(run: Run) -> list[str]:
     """Return the profile of the minimal loop's steps as a sentence and a table."""
     convolution_flops = sum(count for name, count in run.per_operator.items() if "convolution" in name)
-    convolution_seconds = run.profiled.get("convolution forward", 0.0) + run.profiled.get("convolution backward", 0.0)
+    convolution_seconds = run.profile.seconds.get("convolution forward", 0.0) + run.profile.seconds.get("convolution backward", 0.0)
     convolution_rate = convolution_flops * BATCH_SIZE * PROFILED_STEPS / convolution_seconds
-    profiled_total = sum(run.profiled.values())
+    profiled_total = sum(run.profile.seconds.values())
     rows = [[group, f"{seconds / PROFILED_STEPS * 1e3:.1f}", f"{seconds / profiled_total:.0%}"]
-            for group, seconds in sorted(run.profiled.items(), key=lambda item: -item[1])]
-    text = (f"A profile of {PROFILED_STEPS} minimal-loop steps ({run.profiled_wall / PROFILED_STEPS * 1e3:.0f} ms "
+            for group, seconds in sorted(run.profile.seconds.items(), key=lambda item: -item[1])]
+    text = (f"A profile of {PROFILED_STEPS} minimal-loop steps ({run.profile.wall / PROFILED_STEPS * 1e3:.0f} ms "
             "per step with the profiler on) splits the self CPU time as below. The convolutions alone ran at "
             f"{convolution_rate / 1e9:.0f} GFLOP/s ({convolution_rate / run.matmul:.0%} of matmul), while batch "
             "norm, pooling and ReLU take time without adding counted FLOPs.")
@@ -262,7 +282,8 @@ def render(run: Run) -> str:
             ["matmul GFLOP/s", f"{run.matmul / 1e9:.1f}", f"≈ {REFERENCE_MATMUL_GFLOPS:.0f}"],
         ]),
         "The reference figures are expected on a quiet 2-core machine of this kind (torch 2.14.1, "
-        f"float32), and this run did not measure them. Per training image, FlopCounterMode counted {operators}.",
+        f"float32), and this run did not measure them. Per training image, FlopCounterMode counted {operators}. "
+        + kernel_libraries(run),
         "Target:",
         verdict("Train stage FLOP/s ÷ matmul FLOP/s", 100 * run.fraction(PIPELINE), 100 * TARGET_FRACTION,
                 unit="%")
