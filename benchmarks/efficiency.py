@@ -93,7 +93,7 @@ def training_flops_per_image(workload: Workload) -> tuple[float, dict[str, float
 
 @dataclass(frozen=True)
 class StepProfile:
-    """Where the CPU time of a few training steps went."""
+    """The CPU time of a few profiled training steps, split by operator group."""
 
     seconds: dict[str, float]  # self CPU seconds per group of OPERATOR_GROUPS or "everything else"
     wall: float  # seconds of the steps, profiler on
