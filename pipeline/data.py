@@ -9,7 +9,10 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import pickle
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,6 +20,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from pipeline import cache
 from pipeline.spec import DataSpec, Fractions, ShiftSpec
 
 log = logging.getLogger(__name__)
@@ -102,20 +106,40 @@ def load_images(spec: DataSpec) -> ImageData:
     """
     return load_source(spec.source, spec.path, channels=spec.channels, image_size=spec.image_size,
                        fake_size=spec.fake_size, fake_classes=spec.fake_classes, fake_offset=spec.fake_offset,
-                       bad_files=spec.bad_files)
+                       bad_files=spec.bad_files, use_cache=spec.cache)
 
 
 def load_source(source: str, path: Path | None, *, channels: int | None = None, image_size: int | None = None,
                 fake_size: int = 500, fake_classes: int = 10, fake_offset: int = 0,
-                bad_files: str = "error") -> ImageData:
-    """Decode one source's images, converted to ``channels`` and resized to ``image_size`` when given."""
+                bad_files: str = "error", use_cache: bool = True) -> ImageData:
+    """Decode one source's images, converted to ``channels`` and resized to ``image_size`` when given.
+
+    CIFAR-10 and ImageFolder images come from the disk cache when ``use_cache`` is
+    set and the files are unchanged; see ``pipeline.cache``.
+    """
     skipped: list[str] = []
     if source == "digits":
         images, labels, names, sources = _load_digits()
     elif source == "cifar10":
-        images, labels, names, sources = _load_cifar10(path)
+        folder = path / "cifar-10-batches-py"
+        files = [folder / name for name in CIFAR_FILES]
+        _check_cifar_files(folder)
+        decoded = _decode_with_cache(files, folder, {"source": source}, lambda: _load_cifar10(path), use_cache)
+        images, labels, names, sources = decoded.images, decoded.labels, decoded.class_names, decoded.sources
     elif source == "imagefolder":
-        images, labels, names, sources, skipped = _load_imagefolder(path, channels, image_size, bad_files)
+        classes, files = _list_imagefolder(path)
+        # Class folders count even when empty: the labels and the error for an empty class depend on them.
+        options = {"source": source, "classes": classes, "channels": channels, "image_size": image_size,
+                   "bad_files": bad_files}
+        decoded = _decode_with_cache(files, path, options, lambda: _decode_imagefolder(
+            path, classes, files, channels, image_size, bad_files), use_cache)
+        images, labels, names = decoded.images, decoded.labels, decoded.class_names
+        # The cache stores paths relative to the folder, so a moved dataset still hits.
+        sources = [str(path / source) for source in decoded.sources]
+        skipped = [str(path / entry) for entry in decoded.skipped]
+        if skipped:
+            log.warning("skipped %d bad file(s) under %s (data.bad_files: skip); the list is logged on the "
+                        "parent run as bad_files.txt", len(skipped), path)
     else:
         images, labels, names, sources = _load_fake(fake_size, fake_classes, fake_offset, channels, image_size)
 
@@ -195,7 +219,7 @@ def load_study_data(spec: DataSpec) -> tuple[ImageData, Split, Duplicates]:
     else:
         other = load_source(dev_test.source, dev_test.path, channels=main.channels, image_size=main.image_size,
                             fake_size=dev_test.fake_size, fake_classes=spec.fake_classes,
-                            fake_offset=dev_test.fake_offset, bad_files=spec.bad_files)
+                            fake_offset=dev_test.fake_offset, bad_files=spec.bad_files, use_cache=spec.cache)
         if other.class_names != main.class_names:
             raise DataError(f"data.dev_test classes {other.class_names} differ from the training classes "
                             f"{main.class_names}; both sources need the same class names")
@@ -255,14 +279,22 @@ def _load_digits() -> tuple[torch.Tensor, torch.Tensor, list[str], list[str]]:
     return images, labels, names, [f"digits/{index}" for index in range(len(labels))]
 
 
-def _load_cifar10(root: Path) -> tuple[torch.Tensor, torch.Tensor, list[str], list[str]]:
-    """Read the CIFAR-10 python layout: data_batch_1..5, test_batch and batches.meta."""
-    folder = root / "cifar-10-batches-py"
-    names = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
-    missing = [name for name in names + ["batches.meta"] if not (folder / name).is_file()]
+CIFAR_BATCHES = tuple(f"data_batch_{i}" for i in range(1, 6)) + ("test_batch",)
+CIFAR_FILES = CIFAR_BATCHES + ("batches.meta",)
+
+
+def _check_cifar_files(folder: Path) -> None:
+    missing = [name for name in CIFAR_FILES if not (folder / name).is_file()]
     if missing:
         raise DataError(f"CIFAR-10 files missing under {folder}: {', '.join(missing)}; unpack "
                         "cifar-10-python.tar.gz into data.path. Nothing is downloaded.")
+
+
+def _load_cifar10(root: Path) -> cache.Decoded:
+    """Read the CIFAR-10 python layout: data_batch_1..5, test_batch and batches.meta."""
+    folder = root / "cifar-10-batches-py"
+    _check_cifar_files(folder)
+    names = CIFAR_BATCHES
     arrays, labels, sources = [], [], []
     for name in names:
         batch = _read_cifar_pickle(folder / name)
@@ -275,8 +307,8 @@ def _load_cifar10(root: Path) -> tuple[torch.Tensor, torch.Tensor, list[str], li
         sources += [f"cifar10/{name}/{i}" for i in range(len(batch_labels))]
     meta = _read_cifar_pickle(folder / "batches.meta")
     classes = [label.decode() if isinstance(label, bytes) else str(label) for label in meta[b"label_names"]]
-    return (torch.from_numpy(np.concatenate(arrays)), torch.tensor(labels, dtype=torch.int64),
-            classes, sources)
+    return cache.Decoded(torch.from_numpy(np.concatenate(arrays)), torch.tensor(labels, dtype=torch.int64),
+                         classes, sources, [])
 
 
 class _ArrayUnpickler(pickle.Unpickler):
@@ -302,22 +334,33 @@ def _read_cifar_pickle(path: Path) -> dict:
     return content
 
 
-def _load_imagefolder(root: Path, channels: int | None, image_size: int | None, bad_files: str = "error"
-                      ) -> tuple[torch.Tensor, torch.Tensor, list[str], list[str], list[str]]:
-    """Decode one folder per class; bad files stop the load, or are skipped and returned."""
-    from PIL import Image, UnidentifiedImageError
-
+def _list_imagefolder(root: Path) -> tuple[list[str], list[Path]]:
+    """Return the class folder names and every file under them, in a stable order."""
     classes = sorted(entry.name for entry in root.iterdir() if entry.is_dir() and not entry.name.startswith("."))
     if not classes:
         raise DataError(f"no class folders in {root}; put one sub-folder of images per class there")
+    files = []
+    for name in classes:
+        files += sorted(p for p in (root / name).rglob("*") if p.is_file() and not p.name.startswith("."))
+    return classes, files
+
+
+def _decode_imagefolder(root: Path, classes: list[str], listed: list[Path], channels: int | None,
+                        image_size: int | None, bad_files: str = "error") -> cache.Decoded:
+    """Decode one folder per class; bad files stop the load, or are skipped and listed.
+
+    Sources and skipped files are returned relative to ``root``.
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    label_of = {name: label for label, name in enumerate(classes)}
     files: list[tuple[Path, int]] = []
     bad: list[str] = []
-    for label, name in enumerate(classes):
-        for path in sorted(p for p in (root / name).rglob("*") if p.is_file() and not p.name.startswith(".")):
-            if path.suffix.lower() in IMAGE_SUFFIXES:
-                files.append((path, label))
-            else:
-                bad.append(f"{path} (not an image file: suffix {path.suffix or 'none'})")
+    for path in listed:
+        if path.suffix.lower() in IMAGE_SUFFIXES:
+            files.append((path, label_of[path.relative_to(root).parts[0]]))
+        else:
+            bad.append(f"{path} (not an image file: suffix {path.suffix or 'none'})")
 
     decoded, kept = [], []
     for path, label in files:
@@ -333,9 +376,6 @@ def _load_imagefolder(root: Path, channels: int | None, image_size: int | None, 
         more = f"\n  ... and {len(bad) - MAX_LISTED_BAD_FILES} more" if len(bad) > MAX_LISTED_BAD_FILES else ""
         raise DataError(f"{len(bad)} bad file(s) under {root}:\n  {shown}{more}\n"
                         "remove or replace them, or set data.bad_files: skip to leave them out")
-    if bad:
-        log.warning("skipped %d bad file(s) under %s (data.bad_files: skip); the list is logged on the "
-                    "parent run as bad_files.txt", len(bad), root)
     present = {label for _, label in kept}
     empty = [classes[label] for label in range(len(classes)) if label not in present]
     if empty:
@@ -360,7 +400,29 @@ def _load_imagefolder(root: Path, channels: int | None, image_size: int | None, 
         arrays.append(array[None] if array.ndim == 2 else array.transpose(2, 0, 1))
     images = torch.from_numpy(np.stack(arrays))
     labels = torch.tensor([label for _, label in kept], dtype=torch.int64)
-    return images, labels, classes, [str(path) for path, _ in kept], bad
+    root_prefix = f"{root}{os.sep}"
+    return cache.Decoded(images, labels, classes, [str(path.relative_to(root)) for path, _ in kept],
+                         [entry.removeprefix(root_prefix) for entry in bad])
+
+
+def _decode_with_cache(files: list[Path], root: Path, options: dict, decode: Callable[[], cache.Decoded],
+                       use_cache: bool) -> cache.Decoded:
+    """Return the cached decoding of ``files`` when their contents are unchanged, else decode and store it."""
+    if not use_cache:
+        return decode()
+    started = time.perf_counter()
+    key = cache.content_key(files, root, options)
+    entry = cache.read(key)
+    if entry is not None:
+        log.info("read %d decoded images of %s from the cache in %.2f s (key %s)", len(entry.labels), root,
+                 time.perf_counter() - started, key[:12])
+        return entry
+    entry = decode()
+    stored = cache.write(key, entry)
+    if stored is not None:
+        log.info("decoded %d images of %s in %.2f s and cached them in %s", len(entry.labels), root,
+                 time.perf_counter() - started, stored)
+    return entry
 
 
 def _load_fake(count: int, classes: int, offset: int, channels: int | None, image_size: int | None
@@ -505,6 +567,12 @@ class PreparedData:
     y: dict[str, torch.Tensor]
     indices: dict[str, np.ndarray]
     stats: Normalization
+
+    def to(self, device: torch.device) -> PreparedData:
+        """Return the data with the images on ``device``; labels stay on the CPU, where metrics are computed."""
+        if all(x.device == device for x in self.x.values()):
+            return self
+        return PreparedData({name: x.to(device) for name, x in self.x.items()}, self.y, self.indices, self.stats)
 
 
 def resize_prepared(prepared: PreparedData, size: int) -> PreparedData:

@@ -40,6 +40,12 @@ def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return tmp_path
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _image_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
+    # One decoded-image cache for the whole session, so the CIFAR-10 JPEGs decode once, never in ~/.cache.
+    os.environ["PLAYBOOK_CACHE_DIR"] = str(tmp_path_factory.mktemp("image-cache"))
+
+
 @pytest.fixture(autouse=True)
 def _few_threads() -> None:
     # Tests share 2 cores with pytest itself; one intra-op thread is faster for tiny models.
