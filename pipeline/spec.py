@@ -83,6 +83,7 @@ DropoutParam = Annotated[Param, _param("float", minimum=0.0, maximum=0.95)]
 BatchSizeParam = Annotated[Param, _param("int", minimum=2, maximum=65536)]
 EpochsParam = Annotated[Param, _param("int", minimum=1, maximum=10000)]
 OptimizerParam = Annotated[Param, _param("str", allowed=OPTIMIZERS)]
+CropParam = Annotated[Param, _param("int", minimum=0, maximum=64)]
 ScheduleParam = Annotated[Param, _param("str", allowed=SCHEDULES)]
 ArchParam = Annotated[Param, _param("str", allowed=tuple(models.ARCHITECTURES))]
 
@@ -162,6 +163,7 @@ class DataSpec(SpecModel):
     dev_test: DevTestSpec | None = None
     duplicates: Literal["error", "warn"] = "error"
     bad_files: Literal["error", "skip"] = "error"  # unreadable, empty or non-image files in a folder
+    cache: bool = True  # keep decoded CIFAR-10 and ImageFolder images on disk, keyed by their content hash
 
     @model_validator(mode="after")
     def _check_path(self) -> DataSpec:
@@ -181,6 +183,7 @@ class TrainSpec(SpecModel):
     dropout: DropoutParam = Fixed(0.0)
     schedule: ScheduleParam = Fixed("cosine")
     augment_flip: bool = False
+    augment_crop: CropParam = Fixed(0)
 
     @field_validator("lr")
     @classmethod
@@ -336,6 +339,15 @@ class SearchSpec(SpecModel):
         return self
 
 
+class ComputeSpec(SpecModel):
+    """How trials use the hardware; none of these change what is searched."""
+
+    amp: bool = True  # bf16 autocast on CUDA (float16 with loss scaling without bf16); no effect on CPU
+    channels_last: bool = True  # channels-last tensors on CUDA; no effect on CPU
+    compile: bool = False  # torch.compile the model for training; compiling costs seconds per trial
+    threads: int | None = Field(None, ge=1, le=1024)  # torch threads per worker; None: cores / workers
+
+
 class LatencySpec(SpecModel):
     """How per-image inference latency is measured on dev images."""
 
@@ -413,6 +425,7 @@ class StudySpec(SpecModel):
     seed: int = 0
     language: Literal["en", "vi"] = "en"
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    compute: ComputeSpec = ComputeSpec()
     data: DataSpec = DataSpec()
     model: ModelSpec = ModelSpec()
     train: TrainSpec = TrainSpec()

@@ -1,20 +1,28 @@
-"""Train stage: a minibatch loop over tensors already in memory.
+"""Train stage: a minibatch loop over tensors already in memory (on the GPU when training there).
 
-Batches are slices of a shuffled index, so no per-image work happens in the loop.
+Batches are slices of a shuffled index, and augmentation (random crop with
+padding, horizontal flip) works on whole batches, so no per-image Python work
+happens in the loop. On CUDA the loop also uses channels-last tensors and bf16
+autocast; ``torch.compile`` is opt-in on any device.
 """
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from pipeline.data import PreparedData
+
+log = logging.getLogger(__name__)
 
 
 class Diverged(RuntimeError):
@@ -33,7 +41,11 @@ class TrainConfig:
     epochs: int = 10
     schedule: str = "cosine"
     augment_flip: bool = False
+    augment_crop: int = 0  # zero padding in pixels before a random crop back to the input size; 0: off
     seed: int = 0
+    amp: bool = True  # bf16 autocast on CUDA (float16 with loss scaling where bf16 is missing); no effect on CPU
+    channels_last: bool = True  # channels-last memory format on CUDA; no effect on CPU
+    compile: bool = False  # train through torch.compile(model)
 
 
 @dataclass(frozen=True)
@@ -54,8 +66,10 @@ class TrainResult:
     """The per-epoch history and the time spent in the loop."""
 
     history: list[EpochResult]
-    seconds: float
+    seconds: float  # the whole loop, per-epoch dev scoring included
     images_seen: int
+    dev_seconds: float = 0.0  # of ``seconds``, the time spent scoring dev after each epoch
+    dev_logits: torch.Tensor | None = None  # float32 eager dev logits after the last epoch, on the CPU, else None
 
     @property
     def images_per_second(self) -> float:
@@ -94,24 +108,76 @@ def batch_slices(count: int, batch_size: int) -> list[slice]:
     return slices
 
 
+def random_crop(images: torch.Tensor, padding: int, generator: torch.Generator) -> torch.Tensor:
+    """Pad a batch with zeros by ``padding`` pixels, then cut each image back to its size at a random offset.
+
+    One gather does the whole batch: image ``i`` is ``padded[i, :, dy:dy + H, dx:dx + W]`` with
+    its own ``dy, dx`` drawn uniformly from ``0 .. 2 * padding``. The zeros are the train mean
+    once the images are normalized.
+    """
+    if padding <= 0:
+        return images
+    count, channels, height, width = images.shape
+    device = images.device
+    padded = F.pad(images, (padding, padding, padding, padding))
+    offsets = torch.randint(0, 2 * padding + 1, (2, count), generator=generator).to(device)
+    rows = (offsets[0].view(count, 1) + torch.arange(height, device=device)).view(count, 1, height, 1)
+    columns = (offsets[1].view(count, 1) + torch.arange(width, device=device)).view(count, 1, 1, width)
+    batch = torch.arange(count, device=device).view(count, 1, 1, 1)
+    channel = torch.arange(channels, device=device).view(1, channels, 1, 1)
+    return padded[batch, channel, rows, columns]
+
+
+def random_flip(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Flip each image of a batch horizontally with probability 1/2."""
+    flip = torch.rand(len(images), generator=generator).to(images.device) < 0.5
+    return torch.where(flip.view(-1, 1, 1, 1), images.flip(-1), images)
+
+
+def autocast_dtype(device: torch.device, amp: bool) -> torch.dtype | None:
+    """Return the autocast dtype for training on ``device``: bf16 where CUDA supports it, else float16; None on CPU."""
+    if not amp or device.type != "cuda":
+        return None
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+def _autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
+    return torch.autocast(device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
+
+
+def _to_device(images: torch.Tensor, device: torch.device, channels_last: bool) -> torch.Tensor:
+    images = images.to(device, non_blocking=True)
+    return images.contiguous(memory_format=torch.channels_last) if channels_last else images
+
+
 def train_model(model: nn.Module, data: PreparedData, config: TrainConfig, device: torch.device,
                 on_epoch: Callable[[EpochResult], None] | None = None) -> TrainResult:
     """Train ``model`` on ``data.x['train']`` and score dev after each epoch.
 
     Args:
-        model: a freshly built model; it is moved to ``device``.
-        data: normalized tensors; ``train`` and ``dev`` are used.
+        model: a freshly built model; it is moved to ``device`` and holds the trained
+            weights afterwards, also when the loop ran a compiled copy.
+        data: normalized tensors; ``train`` and ``dev`` are used. Tensors already on
+            ``device`` are used in place.
         config: optimization settings.
         device: where to train.
         on_epoch: called after each epoch; it may raise to stop training (Optuna pruning).
 
     Raises:
-        Diverged: when a batch loss is NaN or infinite.
+        Diverged: when the mean training loss of an epoch is NaN or infinite.
     """
     generator = torch.Generator().manual_seed(config.seed)
+    channels_last = config.channels_last and device.type == "cuda"
     model.to(device)
-    x_train = data.x["train"].to(device)
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
+    net = torch.compile(model) if config.compile else model
+    x_train = _to_device(data.x["train"], device, channels_last)
     y_train = data.y["train"].to(device)
+    x_dev = _to_device(data.x["dev"], device, channels_last)
+    dtype = autocast_dtype(device, config.amp)
+    # float16 gradients can underflow, so they are scaled; bf16 has float32's range and needs no scaler.
+    scaler = torch.amp.GradScaler(device.type) if dtype == torch.float16 else None
     optimizer = make_optimizer(model, config)
     steps_per_epoch = len(batch_slices(len(x_train), config.batch_size))
     scheduler = None
@@ -121,6 +187,8 @@ def train_model(model: nn.Module, data: PreparedData, config: TrainConfig, devic
 
     history: list[EpochResult] = []
     images_seen = 0
+    dev_seconds = 0.0
+    dev_logits = None
     loop_start = time.perf_counter()
     for epoch in range(config.epochs):
         epoch_start = time.perf_counter()
@@ -132,19 +200,28 @@ def train_model(model: nn.Module, data: PreparedData, config: TrainConfig, devic
         for batch in batch_slices(len(order), config.batch_size):
             index = order[batch]
             inputs, targets = x_train[index], y_train[index]
+            if config.augment_crop:
+                inputs = random_crop(inputs, config.augment_crop, generator)
             if config.augment_flip:
-                flip = torch.rand(len(inputs), generator=generator).to(device) < 0.5
-                inputs = torch.where(flip.view(-1, 1, 1, 1), inputs.flip(-1), inputs)
+                inputs = random_flip(inputs, generator)
+            if channels_last:
+                inputs = inputs.contiguous(memory_format=torch.channels_last)
 
-            logits = model(inputs)
-            loss = loss_fn(logits, targets)
+            with _autocast(device, dtype):
+                logits = net(inputs)
+                loss = loss_fn(logits, targets)
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            if scaler is not None:
+                scaler.scale(loss).backward()
+                scaler.step(optimizer)
+                scaler.update()
+            else:
+                loss.backward()
+                optimizer.step()
             if scheduler is not None:
                 scheduler.step()
 
-            loss_sum += loss.detach() * len(targets)
+            loss_sum += loss.detach().float() * len(targets)
             correct += (logits.argmax(1) == targets).sum()
             images_seen += len(targets)
 
@@ -152,21 +229,30 @@ def train_model(model: nn.Module, data: PreparedData, config: TrainConfig, devic
         train_loss = float(loss_sum) / len(order)
         if not math.isfinite(train_loss):
             raise Diverged(f"training loss became {train_loss} in epoch {epoch}")
-        dev_logits = predict(model, data.x["dev"], device)
+        dev_start = time.perf_counter()
+        dev_logits = predict(net, x_dev, device, dtype=dtype)
+        dev_seconds += time.perf_counter() - dev_start
         dev_predicted = dev_logits.argmax(1)
-        dev_accuracy = float((dev_predicted == data.y["dev"]).float().mean())
+        dev_accuracy = float((dev_predicted == data.y["dev"].cpu()).float().mean())
         result = EpochResult(epoch, train_loss, float(correct) / len(order), dev_accuracy,
                              epoch_lr, time.perf_counter() - epoch_start, dev_predicted.numpy())
         history.append(result)
         if on_epoch is not None:
             on_epoch(result)
-    return TrainResult(history, time.perf_counter() - loop_start, images_seen)
+    # Later stages reuse the dev logits only when plain float32 eager inference would give the same values.
+    exact = dtype is None and not config.compile
+    return TrainResult(history, time.perf_counter() - loop_start, images_seen, dev_seconds,
+                       dev_logits if exact else None)
 
 
 @torch.inference_mode()
-def predict(model: nn.Module, images: torch.Tensor, device: torch.device, batch_size: int = 512) -> torch.Tensor:
-    """Return the model's logits for ``images`` on the CPU, in eval mode."""
+def predict(model: nn.Module, images: torch.Tensor, device: torch.device, batch_size: int = 512,
+            dtype: torch.dtype | None = None) -> torch.Tensor:
+    """Return the model's float32 logits for ``images`` on the CPU, in eval mode, under autocast to ``dtype`` if given."""
     model.eval()
-    outputs = [model(images[start:start + batch_size].to(device)).float().cpu()
-               for start in range(0, len(images), batch_size)]
-    return torch.cat(outputs) if outputs else torch.empty(0)
+    outputs = []
+    with _autocast(device, dtype):
+        for start in range(0, len(images), batch_size):
+            outputs.append(model(images[start:start + batch_size].to(device)).float())
+    # One copy to the host at the end instead of one synchronizing copy per batch.
+    return torch.cat(outputs).cpu() if outputs else torch.empty(0)

@@ -133,3 +133,28 @@ def test_pruner_needs_per_epoch_metric():
     text = _problems({"name": "x", "search": {"pruner": "median"}, "objective": {"metric": "latency_p95_ms"}})
     assert "search.pruner" in text
     assert "set search.pruner: none" in text
+
+
+def test_crop_padding_searchable_and_bounded():
+    spec = parse_spec({"name": "x", "train": {"augment_crop": {"choices": [0, 2, 4]}}})
+    assert spec.train.augment_crop == Choice((0, 2, 4))
+    problems = _problems({"name": "x", "train": {"augment_crop": -1}})
+    assert "train.augment_crop" in problems
+    assert "below the minimum 0" in problems
+
+
+def test_compute_settings_validated():
+    spec = parse_spec({"name": "x"})
+    assert (spec.compute.amp, spec.compute.channels_last, spec.compute.compile) == (True, True, False)
+    assert spec.compute.threads is None
+    assert "compute.threads" in _problems({"name": "x", "compute": {"threads": 0}})
+    assert "did you mean 'compile'" in _problems({"name": "x", "compute": {"compiled": True}})
+
+
+def test_worker_threads_split_cores(monkeypatch):
+    from pipeline import study
+
+    monkeypatch.setattr(study.os, "cpu_count", lambda: 8)
+    assert study.worker_threads(parse_spec({"name": "x"}), 2) == 4
+    assert study.worker_threads(parse_spec({"name": "x"}), 16) == 1
+    assert study.worker_threads(parse_spec({"name": "x", "compute": {"threads": 3}}), 2) == 3
