@@ -15,9 +15,11 @@ import logging
 import random
 import time
 import warnings
+from typing import Any
 
 import optuna
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
+from sqlalchemy import Engine, event
 from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
 
 from pipeline.spec import SearchSpec
@@ -57,6 +59,28 @@ class StaleTrialHandler:
         return len(trial.system_attrs.get("retry_history", [])) < self.retry._max_retry
 
 
+def use_write_ahead_log(engine: Engine) -> None:
+    """Switch a SQLite engine's connections to write-ahead logging without a sync on every commit.
+
+    Optuna commits each suggested value, intermediate value and attribute on its
+    own, and SQLite's default rollback journal syncs the disk several times per
+    commit: tens of milliseconds per call on an ordinary disk. With a write-ahead
+    log and ``synchronous=NORMAL`` a commit is a file append. A killed process
+    loses nothing already committed; an operating-system crash or power cut can
+    lose the last commits, but the database stays consistent. Readers no longer
+    block the writer, which helps several workers on one machine. The log needs
+    shared memory, so the database must be on a local disk, as SQLite advises anyway.
+    """
+    def configure(connection: Any, _record: Any) -> None:
+        cursor = connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.close()
+
+    event.listen(engine, "connect", configure)
+    engine.dispose()  # connections opened before the listener reconnect with it
+
+
 def make_storage(url: str, search: SearchSpec, tracking_uri: str, study_name: str) -> RDBStorage:
     """Open an RDB storage with heartbeats; SQLite gets a lock timeout for several processes."""
     ensure_sqlite_folder(url)
@@ -69,13 +93,16 @@ def make_storage(url: str, search: SearchSpec, tracking_uri: str, study_name: st
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # heartbeat_interval
-                return RDBStorage(
+                storage = RDBStorage(
                     absolute_sqlite_uri(url),
                     engine_kwargs=engine_kwargs,
                     heartbeat_interval=search.heartbeat_interval_s,
                     grace_period=search.grace_period_s,
                     heartbeat_stale_trial_callback=StaleTrialHandler(tracking_uri, study_name),
                 )
+            if url.startswith("sqlite:"):
+                use_write_ahead_log(storage.engine)
+            return storage
         except (IntegrityError, ProgrammingError, OperationalError) as error:
             if attempt == CREATE_ATTEMPTS:
                 raise

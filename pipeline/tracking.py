@@ -2,18 +2,26 @@
 
 Everything goes through ``MlflowClient`` with explicit run ids, never the fluent
 API's active run, so several trials or processes cannot log into each other's runs.
+A study's tracker writes from a background thread, so that database commits and
+artifact copies overlap the next trial's training instead of delaying it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
 import logging
 import os
+import queue
 import re
+import shutil
+import sqlite3
 import tempfile
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -105,10 +113,86 @@ def ensure_sqlite_folder(uri: str) -> None:
         Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
 
 
-class Tracker:
-    """Experiment and runs of one study."""
+def use_write_ahead_log(database: str) -> None:
+    """Put a SQLite database file in write-ahead-log mode, which then applies to every later connection.
 
-    def __init__(self, tracking_uri: str, study_name: str) -> None:
+    A commit then syncs the disk once instead of several times, and readers such as
+    a running ``mlflow ui`` no longer block the writer.
+    """
+    try:
+        with contextlib.closing(sqlite3.connect(database, timeout=60)) as connection:
+            connection.execute("PRAGMA journal_mode=WAL")
+    except sqlite3.Error as error:
+        log.warning("could not switch %s to write-ahead logging (%s); MLflow writes stay slower", database, error)
+
+
+class BackgroundWriter:
+    """One thread that runs submitted MLflow writes in order, so the caller does not wait for them.
+
+    A single thread keeps the order of the writes: a run's metrics and artifacts land
+    before the call that closes it. A write that fails is logged with its error and
+    counted; it does not stop the writes after it. Files to upload are staged in a
+    private folder first, so callers may delete theirs at once.
+    """
+
+    def __init__(self) -> None:
+        self._queue: queue.Queue[tuple[str, Callable[[], None]] | None] = queue.Queue()
+        self.staging = Path(tempfile.mkdtemp(prefix="playbook-tracking-"))
+        self.failures = 0
+        self.busy_seconds = 0.0  # time spent writing, for the trial-overhead benchmark
+        self._staged = 0
+        self._thread = threading.Thread(target=self._run, name="mlflow-writer", daemon=True)
+        self._thread.start()
+
+    def submit(self, description: str, write: Callable[[], None]) -> None:
+        """Queue ``write``; ``description`` names it in the log if it fails."""
+        self._queue.put((description, write))
+
+    def stage_path(self, filename: str) -> Path:
+        """Return a fresh path in the staging folder for a file to upload."""
+        self._staged += 1
+        folder = self.staging / str(self._staged)
+        folder.mkdir()
+        return folder / filename
+
+    def flush(self) -> None:
+        """Block until every write submitted so far is done."""
+        self._queue.join()
+
+    def close(self) -> None:
+        """Finish the queued writes, stop the thread and remove the staging folder."""
+        if self._thread.is_alive():
+            self._queue.put(None)
+            self._thread.join()
+        shutil.rmtree(self.staging, ignore_errors=True)
+
+    def _run(self) -> None:
+        while True:
+            item = self._queue.get()
+            try:
+                if item is None:
+                    return
+                description, write = item
+                started = time.perf_counter()
+                try:
+                    write()
+                except Exception as error:  # a lost write must not stop the study or the writes after it
+                    self.failures += 1
+                    log.error("MLflow write failed (%s): %s: %s", description, type(error).__name__, error)
+                self.busy_seconds += time.perf_counter() - started
+            finally:
+                self._queue.task_done()
+
+
+class Tracker:
+    """Experiment and runs of one study.
+
+    With ``background=True`` the writes of values and artifacts, and closing runs,
+    happen on a ``BackgroundWriter`` thread; call ``flush`` before reading them back
+    and ``close`` at the end. Creating runs and reading stay synchronous.
+    """
+
+    def __init__(self, tracking_uri: str, study_name: str, background: bool = False) -> None:
         ensure_sqlite_folder(tracking_uri)
         self.tracking_uri = absolute_sqlite_uri(tracking_uri)
         self.client = MlflowClient(tracking_uri=self.tracking_uri)
@@ -130,6 +214,28 @@ class Tracker:
                 raise TrackingError(f"MLflow experiment '{study_name}' is deleted; restore it with "
                                    f"'mlflow experiments restore' or choose another study name")
             self.experiment_id = experiment.experiment_id
+        if self.tracking_uri.startswith("sqlite:///"):
+            use_write_ahead_log(self.tracking_uri.removeprefix("sqlite:///"))
+        self.writer = BackgroundWriter() if background else None
+
+    def _write(self, description: str, write: Callable[[], None]) -> None:
+        if self.writer is None:
+            write()
+        else:
+            self.writer.submit(description, write)
+
+    def flush(self) -> None:
+        """Wait for the background writes submitted so far; a no-op without a writer."""
+        if self.writer is not None:
+            self.writer.flush()
+
+    def close(self) -> None:
+        """Finish the background writes and stop the writer thread; writes after this are synchronous."""
+        if self.writer is not None:
+            writer, self.writer = self.writer, None
+            writer.close()
+            if writer.failures:
+                log.error("%d MLflow write(s) failed in this study; see the errors above", writer.failures)
 
     @classmethod
     def for_run(cls, tracking_uri: str, run_id: str) -> Tracker:
@@ -181,7 +287,7 @@ class Tracker:
 
     def finish(self, run_id: str, status: str = "FINISHED") -> None:
         """Close a run as FINISHED, FAILED or KILLED."""
-        self.client.set_terminated(run_id, status=status)
+        self._write(f"close run {run_id} as {status}", lambda: self.client.set_terminated(run_id, status=status))
 
     # -- values -------------------------------------------------------------
 
@@ -198,7 +304,7 @@ class Tracker:
                 text = text[: MAX_PARAM_LENGTH - 3] + "..."
             items.append(Param(sanitize_key(key), text))
         for start in range(0, len(items), MAX_BATCH_PARAMS_AND_TAGS):
-            self.client.log_batch(run_id, params=items[start:start + MAX_BATCH_PARAMS_AND_TAGS])
+            self._log_batch(run_id, params=items[start:start + MAX_BATCH_PARAMS_AND_TAGS])
 
     def log_metrics(self, run_id: str, metrics: dict[str, float], step: int = 0) -> None:
         """Write metrics in batches of at most MLflow's limit; non-finite values are skipped."""
@@ -206,24 +312,41 @@ class Tracker:
         items = [Metric(sanitize_key(key), float(value), stamp, step)
                  for key, value in metrics.items() if value is not None and _finite(value)]
         for start in range(0, len(items), MAX_BATCH_METRICS):
-            self.client.log_batch(run_id, metrics=items[start:start + MAX_BATCH_METRICS])
+            self._log_batch(run_id, metrics=items[start:start + MAX_BATCH_METRICS])
 
     def set_tags(self, run_id: str, tags: dict[str, Any]) -> None:
         items = [RunTag(sanitize_key(key), str(value)[:8000]) for key, value in tags.items()]
         for start in range(0, len(items), MAX_BATCH_PARAMS_AND_TAGS):
-            self.client.log_batch(run_id, tags=items[start:start + MAX_BATCH_PARAMS_AND_TAGS])
+            self._log_batch(run_id, tags=items[start:start + MAX_BATCH_PARAMS_AND_TAGS])
+
+    def _log_batch(self, run_id: str, **items: list) -> None:
+        kinds = ", ".join(f"{len(values)} {kind}" for kind, values in items.items())
+        self._write(f"log {kinds} to run {run_id}", lambda: self.client.log_batch(run_id, **items))
 
     # -- artifacts ----------------------------------------------------------
 
     def log_file(self, run_id: str, path: Path, folder: str | None = None) -> None:
-        self.client.log_artifact(run_id, str(path), artifact_path=folder)
+        """Upload one file; with a background writer it is copied first, so the caller may delete it."""
+        if self.writer is None:
+            self.client.log_artifact(run_id, str(path), artifact_path=folder)
+            return
+        staged = self.writer.stage_path(Path(path).name)
+        shutil.copyfile(path, staged)
+        self._upload(run_id, staged, folder)
+
+    def log_folder(self, run_id: str, path: Path, folder: str | None = None) -> None:
+        """Upload a folder's files under ``folder``; with a background writer the folder is copied first."""
+        if self.writer is None:
+            self.client.log_artifacts(run_id, str(path), artifact_path=folder)
+            return
+        staged = self.writer.stage_path(Path(path).name)
+        shutil.copytree(path, staged)
+        self._write(f"upload {folder or '.'}/ to run {run_id}", lambda: self._upload_folder(run_id, staged, folder))
 
     def log_text(self, run_id: str, content: str, name: str) -> None:
         folder, _, filename = name.rpartition("/")
-        with tempfile.TemporaryDirectory() as scratch:
-            path = Path(scratch) / filename
-            path.write_text(content, encoding="utf-8")
-            self.log_file(run_id, path, folder or None)
+        self._log_new_file(run_id, filename, folder or None,
+                           lambda path: path.write_text(content, encoding="utf-8"))
 
     def log_json(self, run_id: str, data: Any, name: str) -> None:
         self.log_text(run_id, json.dumps(data, indent=2, ensure_ascii=False), name)
@@ -231,10 +354,35 @@ class Tracker:
     def log_state_dict(self, run_id: str, model: torch.nn.Module, name: str = "model/state_dict.pt") -> None:
         """Save the model's weights (state dict only, so loading needs no pickled code)."""
         folder, _, filename = name.rpartition("/")
-        with tempfile.TemporaryDirectory() as scratch:
-            path = Path(scratch) / filename
-            torch.save({key: value.cpu() for key, value in model.state_dict().items()}, path)
-            self.log_file(run_id, path, folder or None)
+        # The weights are saved now, so training the model further cannot change what is logged.
+        state = {key: value.detach().cpu() for key, value in model.state_dict().items()}
+        self._log_new_file(run_id, filename, folder or None, lambda path: torch.save(state, path))
+
+    def _log_new_file(self, run_id: str, filename: str, folder: str | None, fill: Callable[[Path], None]) -> None:
+        if self.writer is None:
+            with tempfile.TemporaryDirectory() as scratch:
+                path = Path(scratch) / filename
+                fill(path)
+                self.client.log_artifact(run_id, str(path), artifact_path=folder)
+            return
+        path = self.writer.stage_path(filename)
+        fill(path)
+        self._upload(run_id, path, folder)
+
+    def _upload(self, run_id: str, staged: Path, folder: str | None) -> None:
+        def upload() -> None:
+            try:
+                self.client.log_artifact(run_id, str(staged), artifact_path=folder)
+            finally:
+                shutil.rmtree(staged.parent, ignore_errors=True)
+
+        self._write(f"upload {folder or '.'}/{staged.name} to run {run_id}", upload)
+
+    def _upload_folder(self, run_id: str, staged: Path, folder: str | None) -> None:
+        try:
+            self.client.log_artifacts(run_id, str(staged), artifact_path=folder)
+        finally:
+            shutil.rmtree(staged.parent, ignore_errors=True)
 
 
 def _finite(value: float) -> bool:

@@ -1,0 +1,78 @@
+"""The background MLflow writer: order, failures that do not stop later writes, and flushing."""
+
+import logging
+import threading
+
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+
+from pipeline.tracking import Tracker
+
+
+@pytest.fixture
+def tracker(tmp_path):
+    tracker = Tracker(f"sqlite:///{tmp_path}/mlflow.db", "writer-test", background=True)
+    yield tracker
+    tracker.close()
+
+
+def test_background_writes_land_in_order(tracker, tmp_path):
+    run_id = tracker.client.create_run(tracker.experiment_id).info.run_id
+    for step in range(3):
+        tracker.log_metrics(run_id, {"loss": 1.0 / (step + 1)}, step=step)
+    scratch = tmp_path / "scratch.csv"
+    scratch.write_text("index,tag\n1,blurry\n")
+    tracker.log_file(run_id, scratch)
+    scratch.unlink()  # the writer staged its own copy
+    tracker.log_json(run_id, {"a": 1}, "nested/record.json")
+    tracker.log_state_dict(run_id, torch.nn.Linear(2, 1))
+    tracker.set_tags(run_id, {"state": "done"})
+    tracker.finish(run_id, "FINISHED")
+    tracker.flush()
+
+    client = MlflowClient(tracker.tracking_uri)
+    run = client.get_run(run_id)
+    assert run.info.status == "FINISHED"
+    assert [m.value for m in client.get_metric_history(run_id, "loss")] == [1.0, 0.5, 1.0 / 3]
+    assert run.data.tags["state"] == "done"
+    names = {a.path for a in client.list_artifacts(run_id)}
+    assert {"scratch.csv", "nested", "model"} <= names
+    folder = client.download_artifacts(run_id, "", str(tmp_path / "down"))
+    assert (tmp_path / "down" / "scratch.csv").read_text() == "index,tag\n1,blurry\n"
+    state = torch.load(f"{folder}/model/state_dict.pt", weights_only=True)
+    assert set(state) == {"weight", "bias"}
+
+
+def test_caller_does_not_wait_for_writes(tracker):
+    release = threading.Event()
+    done = []
+    tracker.writer.submit("blocked write", lambda: (release.wait(10), done.append(1)))
+    tracker.writer.submit("next write", lambda: done.append(2))
+    assert done == []  # both writes are still queued behind the blocked one
+    release.set()
+    tracker.flush()
+    assert done == [1, 2]
+
+
+def test_failed_write_is_logged_and_later_writes_run(tracker, caplog):
+    run_id = tracker.client.create_run(tracker.experiment_id).info.run_id
+    with caplog.at_level(logging.ERROR):
+        tracker.log_metrics("0" * 32, {"x": 1.0})
+        tracker.log_metrics(run_id, {"x": 2.0})
+        tracker.flush()
+    assert tracker.writer.failures == 1
+    assert "MLflow write failed (log 1 metrics to run 00000000" in caplog.text
+    assert MlflowClient(tracker.tracking_uri).get_run(run_id).data.metrics["x"] == 2.0
+
+
+def test_close_flushes_and_removes_staging(tmp_path):
+    tracker = Tracker(f"sqlite:///{tmp_path}/mlflow.db", "close-test", background=True)
+    run_id = tracker.client.create_run(tracker.experiment_id).info.run_id
+    tracker.log_text(run_id, "hello\n", "note.txt")
+    staging = tracker.writer.staging
+    tracker.close()
+    assert not staging.exists()
+    assert tracker.writer is None
+    tracker.finish(run_id)  # synchronous once closed
+    assert MlflowClient(tracker.tracking_uri).get_run(run_id).info.status == "FINISHED"
