@@ -20,6 +20,11 @@ class Predictions:
     probabilities: np.ndarray  # N×K softmax outputs
     labels: np.ndarray  # true labels
 
+    @classmethod
+    def from_logits(cls, logits: torch.Tensor, labels: torch.Tensor) -> Predictions:
+        """Keep the softmax of ``logits`` with the true ``labels``."""
+        return cls(torch.softmax(logits.float().cpu(), dim=1).numpy(), labels.cpu().numpy())
+
     @property
     def predicted(self) -> np.ndarray:
         return self.probabilities.argmax(axis=1)
@@ -44,8 +49,7 @@ class Latency:
 
 def predictions(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, device: torch.device) -> Predictions:
     """Run the model once over ``images`` and keep the softmax outputs."""
-    logits = predict(model, images, device)
-    return Predictions(torch.softmax(logits, dim=1).numpy(), labels.numpy())
+    return Predictions.from_logits(predict(model, images, device), labels)
 
 
 def evaluate(outputs: Predictions, num_classes: int, zero_division: float = 0.0) -> Metrics:

@@ -50,10 +50,16 @@ class Evaluation:
 
 
 def evaluate_stage(model: torch.nn.Module, prepared: PreparedData, device: torch.device, num_classes: int,
-                   latency: LatencySpec | None, parts: tuple[str, ...] = ("train", "train_dev", "dev")
-                   ) -> Evaluation:
-    """Run the model once over each split, score it, and time per-image inference on dev."""
-    outputs = {name: predictions(model, prepared.x[name], prepared.y[name], device) for name in parts}
+                   latency: LatencySpec | None, parts: tuple[str, ...] = ("train", "train_dev", "dev"),
+                   known_logits: dict[str, torch.Tensor] | None = None) -> Evaluation:
+    """Run the model once over each split, score it, and time per-image inference on dev.
+
+    ``known_logits`` are outputs the caller already has for some splits (the train
+    stage's dev logits after its last epoch); those splits are not run again.
+    """
+    known_logits = known_logits or {}
+    outputs = {name: Predictions.from_logits(known_logits[name], prepared.y[name]) if name in known_logits
+               else predictions(model, prepared.x[name], prepared.y[name], device) for name in parts}
     scores = {name: evaluate(output, num_classes) for name, output in outputs.items()}
     timing = None
     if latency is not None:
@@ -163,7 +169,7 @@ def log_error_analysis(tracker: Tracker, run_id: str, analysis: ErrorAnalysis, d
                 _error_grid(members[: config.gallery_size], data, gallery / gallery_filename(name),
                             f"{name}: {len(members)} errors")
         if any(gallery.iterdir()):
-            tracker.client.log_artifacts(run_id, str(gallery), artifact_path="gallery")
+            tracker.log_folder(run_id, gallery, "gallery")
 
 
 def gallery_filename(category: str) -> str:

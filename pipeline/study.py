@@ -187,7 +187,7 @@ def open_study(spec: StudySpec, storage: str, tracking_uri: str, lang: str, work
                          f"split settings now give {split.hash[:12]}; the data, data.fractions or "
                          "data.split_seed changed. Restore them, or use a new study name.")
 
-    tracker = Tracker(tracking_uri, spec.name)
+    tracker = Tracker(tracking_uri, spec.name, background=True)
     parent_run_id = study.user_attrs.get(ATTR_PARENT_RUN)
     if parent_run_id is None:
         parent_run_id, baseline = _start_study_run(study, tracker, spec, data, split, storage)
@@ -198,7 +198,8 @@ def open_study(spec: StudySpec, storage: str, tracking_uri: str, lang: str, work
                  spec.name, existing, parent_run_id)
 
     context = StudyContext(
-        spec=spec, data=data, split=split, prepared=prepare(data, split), device=device,
+        # On a GPU the split tensors stay there for every trial instead of being copied per trial.
+        spec=spec, data=data, split=split, prepared=prepare(data, split).to(device), device=device,
         thresholds=fit_thresholds(data.images[torch.from_numpy(split.train)], spec.error_analysis),
         manual_tags=manual_tags, pretrained=pretrained,
         tracker=tracker, parent_run_id=parent_run_id, lang=spec.language if lang is None else lang,
@@ -233,30 +234,49 @@ def run_study(spec: StudySpec, trials: int | None = None, storage: str | None = 
     if workers < 1:
         raise StudyError(f"--workers must be at least 1, got {workers}")
 
+    if workers == 1 and spec.compute.threads:
+        set_threads(spec.compute.threads)
     opened = open_study(spec, storage, tracking_uri, lang)
     context = opened.context
     _log_baseline(opened.baseline)
-    log.info("running %d trial(s) of study '%s' on %s with %d worker(s); tracking %s, storage %s",
-             n_trials, spec.name, context.device, workers, tracking_uri, storage)
+    log.info("running %d trial(s) of study '%s' on %s with %d worker(s) of %d thread(s); tracking %s, storage %s",
+             n_trials, spec.name, context.device, workers,
+             torch.get_num_threads() if workers == 1 else worker_threads(spec, workers), tracking_uri, storage)
     progress.current().start(n_trials)
     try:
-        if workers == 1:
-            run_trials(opened, n_trials)
-        else:
-            run_workers(spec, storage, tracking_uri, lang, n_trials, workers)
-    except BaseException:
-        context.tracker.finish(context.parent_run_id, "KILLED")
-        raise
-    finally:
-        progress.current().close()
+        try:
+            if workers == 1:
+                run_trials(opened, n_trials)
+            else:
+                run_workers(spec, storage, tracking_uri, lang, n_trials, workers)
+        except BaseException:
+            context.tracker.finish(context.parent_run_id, "KILLED")
+            raise
+        finally:
+            progress.current().close()
 
-    study = opened.study
-    outcome = summarize(study, spec, storage, tracking_uri, context.tracker.experiment_id, context.parent_run_id,
-                        new_trials=len(study.get_trials(deepcopy=False)) - opened.existing,
-                        baseline=opened.baseline, seconds=time.perf_counter() - started)
-    _record_best(context.tracker, context.parent_run_id, outcome)
-    context.tracker.finish(context.parent_run_id, "FINISHED")
+        study = opened.study
+        context.tracker.flush()
+        outcome = summarize(study, spec, storage, tracking_uri, context.tracker.experiment_id,
+                            context.parent_run_id, new_trials=len(study.get_trials(deepcopy=False)) - opened.existing,
+                            baseline=opened.baseline, seconds=time.perf_counter() - started)
+        _record_best(context.tracker, context.parent_run_id, outcome)
+        context.tracker.finish(context.parent_run_id, "FINISHED")
+    finally:
+        # Waits for the queued MLflow writes, also when the study stops on an error or Ctrl-C.
+        context.tracker.close()
     return outcome
+
+
+def worker_threads(spec: StudySpec, workers: int) -> int:
+    """Return the torch threads of each of several workers: ``compute.threads``, else the cores split evenly."""
+    return spec.compute.threads or max(1, (os.cpu_count() or 1) // workers)
+
+
+def set_threads(threads: int) -> None:
+    """Set torch's intra-op threads, and OpenMP's for libraries started after this."""
+    torch.set_num_threads(threads)
+    os.environ["OMP_NUM_THREADS"] = str(threads)
 
 
 def run_workers(spec: StudySpec, storage: str, tracking_uri: str, lang: str, n_trials: int, workers: int) -> None:
@@ -267,7 +287,7 @@ def run_workers(spec: StudySpec, storage: str, tracking_uri: str, lang: str, n_t
     which the next heartbeat check marks failed and queues again.
     """
     shares = [n_trials // workers + (1 if index < n_trials % workers else 0) for index in range(workers)]
-    threads = max(1, (os.cpu_count() or 1) // workers)
+    threads = worker_threads(spec, workers)
     context = multiprocessing.get_context("spawn")
     processes = []
     for index, share in enumerate(shares):
@@ -297,9 +317,13 @@ def _worker_main(raw_spec: dict[str, Any], storage: str, tracking_uri: str, lang
     optuna.logging.disable_default_handler()
     optuna.logging.set_verbosity(logging.WARNING)
     # K workers each starting one thread per core would oversubscribe the CPU.
-    torch.set_num_threads(threads)
+    set_threads(threads)
     spec = parse_spec(raw_spec, source="worker spec")
-    run_trials(open_study(spec, storage, tracking_uri, lang, worker_index=index + 1), n_trials)
+    opened = open_study(spec, storage, tracking_uri, lang, worker_index=index + 1)
+    try:
+        run_trials(opened, n_trials)
+    finally:
+        opened.context.tracker.close()
 
 
 def _start_study_run(study: optuna.Study, tracker: Tracker, spec: StudySpec, data: ImageData,

@@ -6,7 +6,10 @@ together and records what each returns in the trial's MLflow run.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -160,9 +163,11 @@ def _run_stages(trial: optuna.Trial, context: StudyContext, hyperparameters: dic
                         dropout=hyperparameters["dropout"])
     flops = flops_per_image(model, data.channels, resolution)
     tracker.log_metrics(run_id, {"flops_per_image": float(flops), "input_resolution": float(resolution)})
+    compute = spec.compute
     config = TrainConfig(**{name: hyperparameters[name] for name in
                             ("optimizer", "lr", "weight_decay", "momentum", "batch_size", "epochs",
-                             "schedule", "augment_flip")}, seed=seed)
+                             "schedule", "augment_flip", "augment_crop")},
+                         seed=seed, amp=compute.amp, channels_last=compute.channels_last, compile=compute.compile)
     labels = list(range(data.num_classes))
     # A pruner needs a per-epoch objective (the spec enforces that); otherwise report accuracy.
     report_metric = spec.objective.metric if spec.objective.metric in PER_EPOCH_METRICS else "accuracy"
@@ -179,29 +184,59 @@ def _run_stages(trial: optuna.Trial, context: StudyContext, hyperparameters: dic
         if trial.should_prune():
             raise optuna.TrialPruned(f"pruned after epoch {epoch.epoch + 1}")
 
-    training = train_model(model, prepared, config, device, on_epoch)
+    clock = StageClock()
+    with clock("train"):
+        training = train_model(model, prepared, config, device, on_epoch)
     step = len(training.history)
-    # A training step costs about 3 forward passes (forward, and backward for inputs and weights).
-    tracker.log_metrics(run_id, {"train_seconds": training.seconds,
-                                 "train_images_per_second": training.images_per_second,
-                                 "train_flops_per_second": 3.0 * flops * training.images_per_second},
-                        step=step)
-    log_model(tracker, run_id, model, hyperparameters, context, resolution)
+    with clock("logging"):
+        # A training step costs about 3 forward passes (forward, and backward for inputs and weights).
+        tracker.log_metrics(run_id, {"train_seconds": training.seconds,
+                                     "train_images_per_second": training.images_per_second,
+                                     "train_flops_per_second": 3.0 * flops * training.images_per_second},
+                            step=step)
+        log_model(tracker, run_id, model, hyperparameters, context, resolution)
 
-    evaluation = evaluate_stage(model, prepared, device, data.num_classes, spec.latency)
-    log_evaluation(tracker, run_id, evaluation, data.class_names, context.split.hash, step)
+    with clock("evaluate"):
+        known = {"dev": training.dev_logits} if training.dev_logits is not None else None
+        evaluation = evaluate_stage(model, prepared, device, data.num_classes, spec.latency, known_logits=known)
+    with clock("logging"):
+        log_evaluation(tracker, run_id, evaluation, data.class_names, context.split.hash, step)
 
-    errors = error_analysis_stage(evaluation, data, context.split.dev, context.thresholds,
-                                  spec.error_analysis, context.manual_tags)
-    log_error_analysis(tracker, run_id, errors, data, spec.error_analysis, step)
+    with clock("error_analysis"):
+        errors = error_analysis_stage(evaluation, data, context.split.dev, context.thresholds,
+                                      spec.error_analysis, context.manual_tags)
+    with clock("logging"):
+        log_error_analysis(tracker, run_id, errors, data, spec.error_analysis, step)
 
-    diagnosis = diagnosis_stage({name: score.error for name, score in evaluation.scores.items()}, spec.diagnosis,
-                                {name: sum(score.support) for name, score in evaluation.scores.items()})
-    log_diagnosis(tracker, run_id, diagnosis, step)
+    with clock("diagnosis"):
+        scores = evaluation.scores.items()
+        diagnosis = diagnosis_stage({name: score.error for name, score in scores}, spec.diagnosis,
+                                    {name: sum(score.support) for name, score in scores})
+    with clock("logging"):
+        log_diagnosis(tracker, run_id, diagnosis, step)
 
+    # Pure training excludes the per-epoch dev scoring, which exists for pruning and the learning curves.
+    seconds = {"train_steps": training.seconds - training.dev_seconds, "dev_scoring": training.dev_seconds,
+               **{name: value for name, value in clock.seconds.items() if name != "train"}}
+    tracker.log_metrics(run_id, {f"stage_seconds/{name}": value for name, value in seconds.items()}, step=step)
     violations = {c.metric: c.violation(evaluation.metric(c.metric)) for c in spec.objective.constraints}
     return TrialResult(hyperparameters, training, evaluation, errors, diagnosis,
                        evaluation.metric(spec.objective.metric), violations)
+
+
+class StageClock:
+    """Wall time per stage name, summed over every ``with clock(name):`` block."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    @contextlib.contextmanager
+    def __call__(self, name: str) -> Iterator[None]:
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - started
 
 
 def log_model(tracker: Tracker, run_id: str, model: torch.nn.Module, hyperparameters: dict[str, Any],

@@ -177,3 +177,25 @@ def test_test_split_untouched(finished):
     for trial in finished.trials:
         metrics = client.get_run(trial.run_id).data.metrics
         assert not [key for key in metrics if key.startswith("test")]
+
+
+def test_trials_log_stage_timings(finished):
+    client = _client()
+    study = _study()
+    for trial in study.trials:
+        metrics = client.get_run(trial.user_attrs["mlflow_run_id"]).data.metrics
+        stages = {name: metrics[f"stage_seconds/{name}"] for name in
+                  ("train_steps", "dev_scoring", "evaluate", "error_analysis", "diagnosis", "logging")}
+        assert all(value > 0 for value in stages.values())
+        # The train stage's own clock covers the steps and the per-epoch dev scoring.
+        assert stages["train_steps"] + stages["dev_scoring"] == pytest.approx(metrics["train_seconds"], rel=1e-6)
+        wall = (trial.datetime_complete - trial.datetime_start).total_seconds()
+        assert sum(stages.values()) < wall + 0.01  # Optuna's timestamps have millisecond precision
+
+
+def test_sqlite_storage_uses_write_ahead_log(finished, workdir):
+    import sqlite3
+
+    for name in ("optuna.db", "mlflow.db"):
+        with sqlite3.connect(workdir / "mlruns" / name) as connection:
+            assert connection.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
