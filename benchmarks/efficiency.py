@@ -2,10 +2,11 @@
 
 In one run and with one torch thread count, the script measures the FLOP/s of
 ``torch.mm`` on 2048×2048 float32 matrices, and of the same product done as a 1×1
-convolution, which torch hands to oneDNN like the model's convolutions. It counts the training FLOPs per image of the
-6-layer plain CNN (small_cnn, depth 3, width 32) on 32-px CIFAR-10 images with
-FlopCounterMode, and times the pipeline's train stage and a minimal loop on the same
-images. A profile of a few minimal-loop steps shows where the time goes.
+convolution, which torch hands to oneDNN like the model's convolutions. It counts the
+training FLOPs per image of the 6-layer plain CNN (small_cnn, depth 3, width 32) on
+32-px CIFAR-10 images with FlopCounterMode, and times the pipeline's train stage and a
+minimal loop on the same images. A profile of a few minimal-loop steps shows where the
+time goes.
 
     python benchmarks/efficiency.py            # full run, writes its section of docs/BENCHMARKS.md
     python benchmarks/efficiency.py --quick    # smoke test: less work, prints only
