@@ -14,6 +14,7 @@ import re
 import shlex
 import statistics
 import sys
+import time
 from importlib import metadata
 from pathlib import Path
 
@@ -54,28 +55,40 @@ def memory_gib() -> float | None:
     return None
 
 
-def load_average() -> float | None:
-    """Return the 1-minute load average, or None where the system does not report it."""
+BUSY_SHARE_LIMIT = 0.25  # share of all cores' time that other processes may use before a run counts as noisy
+
+
+def other_cpu_use(seconds: float = 1.0) -> float | None:
+    """Sleep ``seconds`` and return the share of all cores' time that was busy meanwhile.
+
+    This process is asleep during the sample, so the busy time is other processes'.
+    Reads /proc/stat and returns None where it is not readable.
+    """
+    def busy_and_total() -> tuple[int, int]:
+        fields = [int(value) for value in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+        idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle and iowait
+        return sum(fields) - idle, sum(fields)
+
     try:
-        return os.getloadavg()[0]
-    except OSError:
+        busy_before, total_before = busy_and_total()
+        time.sleep(seconds)
+        busy_after, total_after = busy_and_total()
+    except (OSError, ValueError, IndexError):
         return None
+    elapsed = total_after - total_before
+    return (busy_after - busy_before) / elapsed if elapsed > 0 else None
 
 
 def load_note(before: float | None, after: float | None, seconds: float) -> str:
-    """Describe the machine load around a run, and warn when other work competed for the CPU.
+    """Describe the CPU use of other processes around a run, and warn when it makes the figures noisy."""
+    def shown(share: float | None) -> str:
+        return "unknown" if share is None else f"{share:.0%}"
 
-    The check reads the load average before the run, because the run's own threads
-    raise the one after it. A load of half a core or more counts as other work.
-    """
-    def shown(value: float | None) -> str:
-        return "unknown" if value is None else f"{value:.2f}"
-
-    text = (f"The 1-minute load average was {shown(before)} before the run and {shown(after)} after it, "
-            f"and the run took {seconds:.0f} s.")
-    if before is not None and before >= 0.5:
-        text += (f" Other processes were using the CPU ({os.cpu_count()} logical cores) when the run started, "
-                 "so these figures are noisy and likely too low. Rerun on a quiet machine before comparing them.")
+    text = (f"Other processes kept {shown(before)} of the CPU time busy in a 1-s sample before the run and "
+            f"{shown(after)} in one after it, and the run took {seconds:.0f} s.")
+    if max((share for share in (before, after) if share is not None), default=0.0) >= BUSY_SHARE_LIMIT:
+        text += (" Other work competed for the CPU, so these figures are noisy and likely too low. Rerun "
+                 "on a quiet machine before comparing them.")
     return text
 
 

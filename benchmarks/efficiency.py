@@ -26,7 +26,7 @@ from torch import nn
 from torch.profiler import ProfilerActivity, profile
 from torch.utils.flop_counter import FlopCounterMode
 
-from common import CIFAR_SUBSET, load_average, load_note, median, plural, table, verdict, write_section
+from common import CIFAR_SUBSET, load_note, median, other_cpu_use, plural, table, verdict, write_section
 from pipeline.models import flops_per_image
 from workloads import (BATCH_SIZE, LEARNING_RATE, Workload, cifar_workload, new_model,
                        random_workload, time_minimal_loop, time_pipeline)
@@ -164,7 +164,7 @@ def load_workload(settings: Settings) -> Workload:
 
 @dataclass(frozen=True)
 class Run:
-    """Everything one run measured, and the machine load around it."""
+    """Everything one run measured, and the CPU use of other processes around it."""
 
     settings: Settings
     threads: int
@@ -176,8 +176,8 @@ class Run:
     convolution_product_rates: list[float]  # FLOP/s of each product done as a 1×1 convolution
     images_per_second: dict[str, list[float]]  # per loop, one entry per round
     profile: StepProfile
-    load_before: float | None
-    load_after: float | None
+    other_use_before: float | None  # share of CPU time, from other_cpu_use()
+    other_use_after: float | None
     seconds: float
 
     @property
@@ -190,7 +190,7 @@ class Run:
 
 
 def measure(settings: Settings, threads: int) -> Run:
-    load_before = load_average()
+    other_use_before = other_cpu_use()
     started = time.perf_counter()
     workload = load_workload(settings)
     print(f"{workload.name}: {workload.train_count} train images, {plural(settings.repeats, 'round')}, "
@@ -219,7 +219,7 @@ def measure(settings: Settings, threads: int) -> Run:
     step_profile = profile_steps(workload, PROFILED_STEPS)
     return Run(settings, threads, workload, flops, per_operator, forward_flops, matmul_rates,
                convolution_product_rates, images_per_second,
-               step_profile, load_before, load_average(), time.perf_counter() - started)
+               step_profile, other_use_before, other_cpu_use(), time.perf_counter() - started)
 
 
 def rate_rows(run: Run) -> list[list[str]]:
@@ -260,7 +260,8 @@ def kernel_libraries(run: Run) -> str:
     operators = ", ".join(f"`{name}`" for name in run.profile.convolution_operators)
     speedup = median(run.convolution_product_rates) / run.matmul
     return (f"This torch build uses the {blas.group(1) if blas else 'unknown'} BLAS for `torch.mm` and has "
-            f"oneDNN {onednn.group(1) if onednn else '(version unknown)'} for convolutions. In the profile below, the convolutions ran as {operators}. Each library picks "
+            f"oneDNN {onednn.group(1) if onednn else '(version unknown)'} for convolutions. In the profile "
+            f"below, the convolutions ran as {operators}. Each library picks "
             f"its own kernels, and the same {MATMUL_SIZE}×{MATMUL_SIZE} product ran {speedup:.2f}× as fast "
             "as a 1×1 convolution as through `torch.mm`, so the `torch.mm` rate is a property of the BLAS "
             "on this CPU and need not be the CPU's peak.")
@@ -269,7 +270,8 @@ def kernel_libraries(run: Run) -> str:
 def describe_profile(run: Run) -> list[str]:
     """Return the profile of the minimal loop's steps as a sentence and a table."""
     convolution_flops = sum(count for name, count in run.per_operator.items() if "convolution" in name)
-    convolution_seconds = run.profile.seconds.get("convolution forward", 0.0) + run.profile.seconds.get("convolution backward", 0.0)
+    convolution_seconds = sum(run.profile.seconds.get(group, 0.0)
+                              for group in ("convolution forward", "convolution backward"))
     convolution_rate = convolution_flops * BATCH_SIZE * PROFILED_STEPS / convolution_seconds
     profiled_total = sum(run.profile.seconds.values())
     rows = [[group, f"{seconds / PROFILED_STEPS * 1e3:.1f}", f"{seconds / profiled_total:.0%}"]
@@ -320,8 +322,8 @@ def render(run: Run) -> str:
         + f"\n- For comparison, minimal loop FLOP/s ÷ matmul FLOP/s: {run.fraction(MINIMAL):.0%}.",
         describe_fractions(run),
         *describe_profile(run),
-        load_note(run.load_before, run.load_after, run.seconds) + " The ranges show how much the rounds "
-        "differed.",
+        load_note(run.other_use_before, run.other_use_after, run.seconds)
+        + " The ranges show how much the rounds differed.",
     ]
     return "\n\n".join(parts)
 

@@ -22,7 +22,7 @@ from typing import Callable
 
 import torch
 
-from common import CIFAR_SUBSET, load_average, load_note, median, plural, table, verdict, write_section
+from common import CIFAR_SUBSET, load_note, median, other_cpu_use, plural, table, verdict, write_section
 from pipeline.train import predict
 from workloads import (BATCH_SIZE, Workload, cifar_workload, digits_workload, new_model,
                        time_dataloader_loop, time_minimal_loop, time_pipeline, time_resized_batches)
@@ -182,7 +182,7 @@ class WorkloadResults:
         return rows
 
     def describe(self) -> str:
-        """Explain the figures in two sentences, with the share of dev scoring."""
+        """Explain the figures in a few sentences, with the share of dev scoring."""
         dev_share = self.dev_seconds / self.pipeline.seconds_per_epoch
         # An estimate: the train stage's epoch less one separately timed dev scoring.
         without_dev = self.minimal.seconds_per_epoch / max(self.pipeline.seconds_per_epoch - self.dev_seconds, 1e-9)
@@ -236,7 +236,7 @@ def measure_resize(workload: Workload, native: Measured, settings: Settings) -> 
 
 @dataclass(frozen=True)
 class Run:
-    """Everything one run measured, and the machine load around it."""
+    """Everything one run measured, and the CPU use of other processes around it."""
 
     settings: Settings
     threads: int
@@ -244,13 +244,13 @@ class Run:
     cifar: WorkloadResults | None  # None when the CIFAR-10 folder is missing
     resize: ResizeResult | None
     cifar_skip_reason: str
-    load_before: float | None
-    load_after: float | None
+    other_use_before: float | None  # share of CPU time, from other_cpu_use()
+    other_use_after: float | None
     seconds: float
 
 
 def measure(settings: Settings, threads: int) -> Run:
-    load_before = load_average()
+    other_use_before = other_cpu_use()
     started = time.perf_counter()
     print(f"digits: {plural(settings.digits_epochs, 'epoch')}, {plural(settings.digits_repeats, 'round')}, "
           f"{threads} torch threads", flush=True)
@@ -266,7 +266,7 @@ def measure(settings: Settings, threads: int) -> Run:
     else:
         skip_reason = f"CIFAR-10 rows skipped: the folder {cifar_folder} does not exist."
         print(skip_reason)
-    return Run(settings, threads, digits, cifar, resize, skip_reason, load_before, load_average(),
+    return Run(settings, threads, digits, cifar, resize, skip_reason, other_use_before, other_cpu_use(),
                time.perf_counter() - started)
 
 
@@ -324,8 +324,8 @@ def render(run: Run) -> str:
         "This run next to reference figures for a quiet 2-core machine of this kind (torch 2.14.1, "
         "float32, same model). The reference figures were not measured by this run:",
         table(["figure", "this run", "reference"], reference_rows(run)),
-        load_note(run.load_before, run.load_after, run.seconds) + " The ranges show how much the rounds "
-        "differed.",
+        load_note(run.other_use_before, run.other_use_after, run.seconds)
+        + " The ranges show how much the rounds differed.",
     ]
     return "\n\n".join(parts)
 
