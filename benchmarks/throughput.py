@@ -23,9 +23,8 @@ from typing import Callable
 import torch
 
 from common import CIFAR_SUBSET, load_note, median, other_cpu_use, plural, table, verdict, write_section
-from pipeline.train import predict
-from workloads import (BATCH_SIZE, Workload, cifar_workload, digits_workload, new_model,
-                       time_dataloader_loop, time_minimal_loop, time_pipeline, time_resized_batches)
+from workloads import (BATCH_SIZE, Workload, cifar_workload, digits_workload, run_pipeline, time_dataloader_loop,
+                       time_minimal_loop, time_resized_batches)
 
 # Reference figures for a quiet 2-core machine of the kind these benchmarks were written
 # for (torch 2.14.1, float32, the same model), given with the targets. This script does not
@@ -74,6 +73,7 @@ class Measured:
     variant: str
     epochs: int
     seconds: list[float]
+    dev_seconds: list[float]  # of ``seconds``, the time spent scoring dev; zeros for loops that do not
 
     @property
     def images(self) -> int:
@@ -96,13 +96,21 @@ class Measured:
         return f"{min(self.rates):,.0f}–{max(self.rates):,.0f}"
 
 
-def variants() -> dict[str, Callable[[Workload, int], float]]:
-    """Return the loops to compare, each called with a workload and a number of epochs."""
+def time_pipeline_and_dev(workload: Workload, epochs: int) -> tuple[float, float]:
+    seconds, result = run_pipeline(workload, epochs)
+    return seconds, result.dev_seconds
+
+
+def variants() -> dict[str, Callable[[Workload, int], tuple[float, float]]]:
+    """Return the loops to compare, each called with a workload and a number of epochs.
+
+    Each loop returns its seconds and, of those, the seconds spent scoring dev.
+    """
     return {
-        PIPELINE: time_pipeline,
-        MINIMAL: time_minimal_loop,
-        DATALOADER.format(0): lambda data, count: time_dataloader_loop(data, count, workers=0),
-        DATALOADER.format(2): lambda data, count: time_dataloader_loop(data, count, workers=2),
+        PIPELINE: time_pipeline_and_dev,
+        MINIMAL: lambda data, count: (time_minimal_loop(data, count), 0.0),
+        DATALOADER.format(0): lambda data, count: (time_dataloader_loop(data, count, workers=0), 0.0),
+        DATALOADER.format(2): lambda data, count: (time_dataloader_loop(data, count, workers=2), 0.0),
     }
 
 
@@ -117,36 +125,23 @@ def measure_workload(workload: Workload, epochs: int, repeats: int) -> WorkloadR
     for name, loop in loops.items():
         print(f"  warming up: {name}", flush=True)
         loop(warmup, 1)
-    loop_results = {name: Measured(workload, name, epochs, []) for name in loops}
+    loop_results = {name: Measured(workload, name, epochs, [], []) for name in loops}
     for round_number in range(repeats):
         for name, loop in loops.items():
-            seconds = loop(workload, epochs)
+            seconds, dev_seconds = loop(workload, epochs)
             loop_results[name].seconds.append(seconds)
+            loop_results[name].dev_seconds.append(dev_seconds)
             print(f"  round {round_number + 1}/{repeats}: {name}: {seconds:.2f} s, "
                   f"{workload.train_count * epochs / seconds:,.0f} images/s", flush=True)
-    return WorkloadResults(workload, loop_results, time_dev_scoring(workload, repeats))
-
-
-def time_dev_scoring(workload: Workload, repeats: int) -> float:
-    """Return the median seconds of one scoring of the dev part, as the train stage does after each epoch."""
-    model = new_model(workload)
-    device = torch.device("cpu")
-    predict(model, workload.prepared.x["dev"], device)
-    seconds = []
-    for _ in range(max(repeats, 3)):
-        start = time.perf_counter()
-        predict(model, workload.prepared.x["dev"], device)
-        seconds.append(time.perf_counter() - start)
-    return median(seconds)
+    return WorkloadResults(workload, loop_results)
 
 
 @dataclass(frozen=True)
 class WorkloadResults:
-    """Every loop's measurements on one workload, and the time of one dev scoring."""
+    """Every loop's measurements on one workload."""
 
     workload: Workload
     loops: dict[str, Measured]
-    dev_seconds: float
 
     @property
     def pipeline(self) -> Measured:
@@ -183,14 +178,17 @@ class WorkloadResults:
 
     def describe(self) -> str:
         """Explain the figures in a few sentences, with the share of dev scoring."""
-        dev_share = self.dev_seconds / self.pipeline.seconds_per_epoch
-        # An estimate: the train stage's epoch less one separately timed dev scoring.
-        without_dev = self.minimal.seconds_per_epoch / max(self.pipeline.seconds_per_epoch - self.dev_seconds, 1e-9)
-        return (f"On {self.workload.name}, the train stage reached {self.ratio(self.pipeline, self.minimal):.2f}× "
-                f"the minimal loop and {self.ratio(self.pipeline, self.faster_dataloader):.2f}× the faster "
+        pipeline, minimal = self.pipeline, self.minimal
+        dev_share = median([dev / total for dev, total in zip(pipeline.dev_seconds, pipeline.seconds)])
+        # Per round: the minimal loop's seconds over the train stage's seconds less its dev scoring.
+        without_dev = median([minimal_seconds / (seconds - dev) for minimal_seconds, seconds, dev
+                              in zip(minimal.seconds, pipeline.seconds, pipeline.dev_seconds)])
+        dev_per_epoch = median(pipeline.dev_seconds) / pipeline.epochs
+        return (f"On {self.workload.name}, the train stage reached {self.ratio(pipeline, minimal):.2f}× "
+                f"the minimal loop and {self.ratio(pipeline, self.faster_dataloader):.2f}× the faster "
                 f"DataLoader loop ({self.faster_dataloader.variant}). Scoring the {self.workload.dev_count} dev "
-                f"images after each epoch took {self.dev_seconds:.2f} s, {dev_share:.0%} of the train stage's "
-                f"epoch. With that time taken out, the train stage would run at an estimated "
+                f"images after each epoch took {dev_per_epoch:.3f} s, {dev_share:.0%} of the train stage's "
+                f"time (the stage's own `dev_seconds`). Without it, the train stage ran at "
                 f"{without_dev:.2f}× the minimal loop. The train stage was slower than the minimal loop in "
                 f"{self.slower_rounds(self.pipeline, self.minimal)} of {len(self.pipeline.rates)} rounds, and "
                 f"slower than the faster DataLoader loop in "

@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader, Dataset
 from pipeline.data import Normalization, PreparedData, load_source, prepare, split_dataset
 from pipeline.models import build_model
 from pipeline.spec import Fractions
-from pipeline.train import TrainConfig, train_model
+from pipeline.train import TrainConfig, TrainResult, train_model
 
 ARCH = "small_cnn"
 KNOBS = {"depth": 3, "width": 32}
@@ -120,17 +120,23 @@ def new_model(workload: Workload, image_size: int | None = None) -> nn.Module:
 # seconds it spent training.
 
 
-def time_pipeline(workload: Workload, epochs: int, batch_size: int = BATCH_SIZE) -> float:
+def run_pipeline(workload: Workload, epochs: int, batch_size: int = BATCH_SIZE) -> tuple[float, TrainResult]:
     """Time the pipeline's train stage as a trial calls it, dev scoring after every epoch included.
 
-    The settings are a trial's defaults (Adam, cosine schedule, no flips), so the
-    clock also covers the optimizer set-up and the schedule steps that a trial pays.
+    The settings are a trial's defaults (Adam, cosine schedule, no augmentation), so
+    the clock also covers the optimizer set-up and the schedule steps that a trial
+    pays. Returns the seconds and the stage's result.
     """
     model = new_model(workload)
     config = TrainConfig(optimizer="adam", lr=LEARNING_RATE, batch_size=batch_size, epochs=epochs, seed=MODEL_SEED)
     start = time.perf_counter()
-    train_model(model, workload.prepared, config, torch.device("cpu"))
-    return time.perf_counter() - start
+    result = train_model(model, workload.prepared, config, torch.device("cpu"))
+    return time.perf_counter() - start, result
+
+
+def time_pipeline(workload: Workload, epochs: int, batch_size: int = BATCH_SIZE) -> float:
+    """Return the seconds of ``run_pipeline``."""
+    return run_pipeline(workload, epochs, batch_size)[0]
 
 
 def time_minimal_loop(workload: Workload, epochs: int, batch_size: int = BATCH_SIZE) -> float:
