@@ -75,7 +75,7 @@ def cifar_workload(root: Path, per_class: int) -> Workload:
     """Load the first ``per_class`` images of each class folder under ``root`` and split them as a study does.
 
     The split keeps 70 % of them for training, so 286 per class gives 2,000 training
-    and 286 dev images. The DataLoader loop gets the same training images as PIL images,
+    and 288 dev images. The DataLoader loop gets the same training images as PIL images,
     decoded again from their files and kept in memory, so no loop pays for JPEG decoding.
     """
     from PIL import Image
