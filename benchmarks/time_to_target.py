@@ -269,6 +269,9 @@ def explain_epochs_missed(comparison: Comparison) -> str:
     stopped_after = median_or_none([len(trial.intermediate_values) for trial in pruned.in_state(PRUNED)])
     if stopped_after is not None:
         text += f" The pruned trials stopped after a median of {stopped_after:g} epoch(s)."
+    earliest = setup.warmup_epochs + 1
+    text += (f" A trial stops after its epoch {earliest} at the earliest, so pruning saves at most "
+             f"{1 - earliest / setup.epochs:.0%} of a pruned trial's epochs.")
     return text
 
 
