@@ -6,6 +6,7 @@ set torch to cores / K threads each. The script runs the same fixed study both
 ways, each time as its own `playbook run` command in a fresh temporary folder,
 alternating 1 and 2 workers for several rounds. It compares completed trials
 per hour of the trial phase: from the first trial's start to the last trial's end.
+A third run per round, 1 worker on 1 thread, shows where a shortfall comes from.
 
     python benchmarks/workers.py            # full run, writes its section of docs/BENCHMARKS.md
     python benchmarks/workers.py --quick    # smoke test with one short round; prints only
@@ -25,7 +26,23 @@ from common import load_note, median, other_cpu_use, plural, table, verdict, wri
 from study_timing import COMPLETE, StudyRun, run_in_tempdir, trial_seconds
 
 MIN_SPEEDUP = 1.6  # 2 workers must reach this multiple of 1 worker's trials per hour
-WORKER_COUNTS = (1, 2)
+
+
+@dataclass(frozen=True)
+class Config:
+    """One way to run the study: worker processes and torch threads per process."""
+
+    label: str
+    workers: int
+    threads: int | None  # the spec's compute.threads, or None for the pipeline's default
+
+
+ONE_WORKER = Config("1 worker", 1, None)
+TWO_WORKERS = Config("2 workers", 2, None)
+# Not part of the target: it splits the 2 workers' slowdown into fewer threads and the two
+# processes competing for the CPU.
+ONE_THREAD = Config("1 worker, 1 thread", 1, 1)
+CONFIGS = (ONE_WORKER, TWO_WORKERS, ONE_THREAD)
 
 
 @dataclass(frozen=True)
@@ -34,17 +51,17 @@ class Plan:
 
     trials: int  # per study, split evenly between the workers
     epochs: int
-    rounds: int  # each round runs every worker count once, in order
+    rounds: int  # each round runs every configuration once, in order
 
 
-def fixed_spec(epochs: int) -> dict:
+def fixed_spec(epochs: int, threads: int | None) -> dict:
     """Return a digits study whose hyperparameters are all fixed.
 
     Each worker seeds its own random sampler, so a searched space would give 1 and
     2 workers different trials of different cost. With nothing searched, every
     trial trains the same model for the same epochs.
     """
-    return {
+    spec = {
         "name": "bench_workers_digits",
         "seed": 0,
         "data": {"source": "digits"},
@@ -52,30 +69,45 @@ def fixed_spec(epochs: int) -> dict:
         "train": {"optimizer": "adam", "lr": 3.0e-3, "batch_size": 64, "dropout": 0.1, "epochs": epochs},
         "objective": {"metric": "accuracy", "constraints": []},
     }
+    if threads is not None:
+        spec["compute"] = {"threads": threads}
+    return spec
 
 
 def trials_per_hour(run: StudyRun, seconds: float) -> float:
     return 3600.0 * len(run.in_state(COMPLETE)) / seconds
 
 
-def measure(plan: Plan) -> dict[int, list[StudyRun]]:
-    """Run the study ``plan.rounds`` times with each worker count, alternating the counts."""
-    runs: dict[int, list[StudyRun]] = {count: [] for count in WORKER_COUNTS}
+def median_trial_seconds(run: StudyRun) -> float:
+    return median([trial_seconds(trial) for trial in run.in_state(COMPLETE)])
+
+
+def median_epoch_seconds(run: StudyRun) -> float:
+    """Return the median over trials of the seconds each trial spent in its training epochs."""
+    return median(list(run.epoch_seconds.values()))
+
+
+def measure(plan: Plan) -> dict[Config, list[StudyRun]]:
+    """Run the study ``plan.rounds`` times in each configuration, taking the configurations in turn."""
+    runs: dict[Config, list[StudyRun]] = {config: [] for config in CONFIGS}
     for round_index in range(plan.rounds):
-        for count in WORKER_COUNTS:
-            run = run_in_tempdir(fixed_spec(plan.epochs), plan.trials, workers=count)
-            runs[count].append(run)
-            print(f"round {round_index + 1}/{plan.rounds}, {count} worker(s): "
+        for config in CONFIGS:
+            run = run_in_tempdir(fixed_spec(plan.epochs, config.threads), plan.trials, workers=config.workers)
+            runs[config].append(run)
+            print(f"round {round_index + 1}/{plan.rounds}, {config.label}: "
                   f"{len(run.in_state(COMPLETE))} complete trials, trial phase {run.trial_phase_s:.1f} s, "
                   f"{trials_per_hour(run, run.trial_phase_s):.0f} trials/h")
     return runs
 
 
-def figure_rows(runs: dict[int, list[StudyRun]]) -> list[list[object]]:
-    """Tabulate the medians over rounds per worker count, with 2 workers / 1 worker in the last column."""
+def median_over_rounds(runs: dict[Config, list[StudyRun]], config: Config, figure) -> float:
+    return median([figure(run) for run in runs[config]])
+
+
+def figure_rows(runs: dict[Config, list[StudyRun]]) -> list[list[object]]:
+    """Tabulate the medians over rounds per configuration, with 2 workers / 1 worker in the fourth column."""
     # Each `playbook run` starts with this process's default; two workers split the cores evenly.
-    threads_one_worker = torch.get_num_threads()
-    threads_two_workers = max(1, (os.cpu_count() or 1) // 2)
+    threads = {ONE_WORKER: torch.get_num_threads(), TWO_WORKERS: max(1, (os.cpu_count() or 1) // 2), ONE_THREAD: 1}
     figures = {
         "complete trials per study": lambda run: len(run.in_state(COMPLETE)),
         "trial phase s": lambda run: run.trial_phase_s,
@@ -83,53 +115,57 @@ def figure_rows(runs: dict[int, list[StudyRun]]) -> list[list[object]]:
         "`playbook run` wall s (process and worker start, data, baseline)": lambda run: run.wall_s,
         "trials per hour, `playbook run` wall": lambda run: trials_per_hour(run, run.wall_s),
         "setup s before the first trial": lambda run: run.setup_s,
-        "median s per trial": lambda run: median([trial_seconds(t) for t in run.in_state(COMPLETE)]),
-        "median s per trial in training epochs (MLflow epoch_seconds)": lambda run: median(
-            list(run.epoch_seconds.values())),
+        "median s per trial": median_trial_seconds,
+        "median s per trial in training epochs (MLflow epoch_seconds)": median_epoch_seconds,
     }
-    rows: list[list[object]] = [["torch threads per process", threads_one_worker, threads_two_workers, ""]]
+    rows: list[list[object]] = [["torch threads per process", threads[ONE_WORKER], threads[TWO_WORKERS], "",
+                                 threads[ONE_THREAD]]]
     for name, figure in figures.items():
-        one_worker = median([figure(run) for run in runs[1]])
-        two_workers = median([figure(run) for run in runs[2]])
+        values = {config: median_over_rounds(runs, config, figure) for config in CONFIGS}
         digits = 0 if "per hour" in name or "complete" in name else 1
-        ratio = f"{two_workers / one_worker:.2f}" if one_worker else "-"
-        rows.append([name, f"{one_worker:.{digits}f}", f"{two_workers:.{digits}f}", ratio])
+        ratio = f"{values[TWO_WORKERS] / values[ONE_WORKER]:.2f}" if values[ONE_WORKER] else "-"
+        rows.append([name, f"{values[ONE_WORKER]:.{digits}f}", f"{values[TWO_WORKERS]:.{digits}f}", ratio,
+                     f"{values[ONE_THREAD]:.{digits}f}"])
     return rows
 
 
-def speedup(runs: dict[int, list[StudyRun]]) -> float:
+def speedup(runs: dict[Config, list[StudyRun]]) -> float:
     """Return the median over rounds of 2 workers' trials per hour divided by the median of 1 worker's."""
-    one_worker = median([trials_per_hour(run, run.trial_phase_s) for run in runs[1]])
-    two_workers = median([trials_per_hour(run, run.trial_phase_s) for run in runs[2]])
-    return two_workers / one_worker
+    def rate(run: StudyRun) -> float:
+        return trials_per_hour(run, run.trial_phase_s)
+
+    return median_over_rounds(runs, TWO_WORKERS, rate) / median_over_rounds(runs, ONE_WORKER, rate)
 
 
-def count_check_line(runs: dict[int, list[StudyRun]], trials: int) -> str:
+def count_check_line(runs: dict[Config, list[StudyRun]], trials: int) -> str:
     pairs = [(len(one_worker.in_state(COMPLETE)), len(two_workers.in_state(COMPLETE)))
-             for one_worker, two_workers in zip(runs[1], runs[2])]
+             for one_worker, two_workers in zip(runs[ONE_WORKER], runs[TWO_WORKERS])]
     listed = ", ".join(f"{one_worker} and {two_workers}" for one_worker, two_workers in pairs)
     if all(one_worker == two_workers == trials for one_worker, two_workers in pairs):
-        return f"- Both worker counts completed all {trials} trials in every round ({listed})."
+        return f"- 1 and 2 workers completed all {trials} trials in every round ({listed})."
     return (f"- **The runs did not complete the same trials** (1 worker and 2 workers per round: {listed}; "
             f"{trials} requested), so their rates are not comparable.")
 
 
-def section(runs: dict[int, list[StudyRun]], plan: Plan) -> str:
+def section(runs: dict[Config, list[StudyRun]], plan: Plan) -> str:
     round_ratios = [trials_per_hour(two_workers, two_workers.trial_phase_s)
                     / trials_per_hour(one_worker, one_worker.trial_phase_s)
-                    for one_worker, two_workers in zip(runs[1], runs[2])]
+                    for one_worker, two_workers in zip(runs[ONE_WORKER], runs[TWO_WORKERS])]
     ratio = speedup(runs)
     settings = (
         f"{plan.trials} trials of a digits study whose hyperparameters are all fixed (small_cnn of depth 2 and "
         f"width 32, Adam at 3e-3, batch 64, {plan.epochs} epochs), so every trial does the same work. Each "
         "worker seeds its own sampler, so a searched space would give the two runs different trials. "
-        f"{plural(plan.rounds, 'round')}, each running `playbook run --workers 1`, then `--workers 2`, in a "
-        "fresh temporary folder each. The table gives the medians over rounds. The trial phase runs from the "
-        "first trial's start to the last trial's end. So it leaves out process start, data load and baseline, "
-        "but it includes the gap between the two workers' first trials.")
+        f"{plural(plan.rounds, 'round')}, each running `playbook run --workers 1`, then `--workers 2`, then "
+        "`--workers 1` with `compute.threads: 1`, in a fresh temporary folder each. The last column is not part "
+        "of the target: it shows one trial at a time on one thread, with no other worker beside it. The table "
+        "gives the medians over rounds. The trial phase runs from the first trial's start to the last trial's "
+        "end. So it leaves out process start, data load and baseline, but it includes the gap between the two "
+        "workers' first trials.")
+    headers = ["figure", ONE_WORKER.label, TWO_WORKERS.label, "2 workers / 1 worker", ONE_THREAD.label]
     lines = [
         settings, "",
-        table(["figure", "1 worker", "2 workers", "2 / 1"], figure_rows(runs)), "",
+        table(headers, figure_rows(runs)), "",
         count_check_line(runs, plan.trials),
         "- Trials per hour, 2 workers / 1 worker, per round: " + ", ".join(f"{r:.2f}" for r in round_ratios) + ".",
         verdict("trials per hour of the trial phase, 2 workers / 1 worker", ratio, MIN_SPEEDUP),
@@ -142,16 +178,20 @@ def section(runs: dict[int, list[StudyRun]], plan: Plan) -> str:
     return "\n".join(lines)
 
 
-def explain_missed(runs: dict[int, list[StudyRun]], ratio: float) -> str:
-    """Split the shortfall into slower trials and the time the two workers did not overlap."""
-    one_worker = median([median([trial_seconds(t) for t in run.in_state(COMPLETE)]) for run in runs[1]])
-    two_workers = median([median([trial_seconds(t) for t in run.in_state(COMPLETE)]) for run in runs[2]])
-    slowdown = two_workers / one_worker
-    text = (f"MISSED: a trial took {slowdown:.2f}× as long in a one-thread worker as in the two-thread "
-            f"process, so two workers running side by side all the time would give about {2 / slowdown:.2f}×.")
+def explain_missed(runs: dict[Config, list[StudyRun]], ratio: float) -> str:
+    """Split the shortfall into fewer threads per trial, workers competing, and time the workers did not overlap."""
+    two_threads = median_over_rounds(runs, ONE_WORKER, median_epoch_seconds)
+    one_thread_alone = median_over_rounds(runs, ONE_THREAD, median_epoch_seconds)
+    one_thread_paired = median_over_rounds(runs, TWO_WORKERS, median_epoch_seconds)
+    slowdown = one_thread_paired / two_threads
+    text = (f"MISSED: a trial's training epochs took {two_threads:.2f} s on two threads, {one_thread_alone:.2f} s "
+            f"on one thread alone and {one_thread_paired:.2f} s in each of two one-thread workers side by side. "
+            f"So the second thread speeds one trial up {one_thread_alone / two_threads:.2f}×, and the two workers "
+            f"slow each other down {one_thread_paired / one_thread_alone:.2f}×. Together they cap 2 workers near "
+            f"{2 / slowdown:.2f}× in training time.")
     if ratio < 0.95 * 2 / slowdown:
-        text += (" The rest was lost while only one worker ran trials: before the second worker's first "
-                 "trial started, and after the first worker's last trial ended.")
+        text += (" The rest was lost outside training and while only one worker ran trials: before the second "
+                 "worker's first trial started, and after the first worker's last trial ended.")
     return text
 
 
