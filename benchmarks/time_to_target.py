@@ -240,8 +240,8 @@ def verdict_lines(comparison: Comparison) -> list[str]:
         lines.append(f"- {name}: best dev accuracy within {MAX_BEST_GAP_POINTS:g} point of the unpruned study: "
                      "**MISSED**, because one of the studies completed no trial.")
     else:
-        lines.append(verdict(f"{name}: best dev accuracy below the unpruned study's", gap, MAX_BEST_GAP_POINTS,
-                             higher_is_better=False, unit=" points"))
+        lines.append(verdict(f"{name}: points of best dev accuracy below the unpruned study", gap,
+                             MAX_BEST_GAP_POINTS, higher_is_better=False, unit=""))
         if gap > MAX_BEST_GAP_POINTS:
             lines.append("  " + explain_best_missed(comparison))
 
@@ -249,8 +249,9 @@ def verdict_lines(comparison: Comparison) -> list[str]:
     lowest_best = min(trial.value if trial is not None else 0.0 for trial in reached)
     lines.append(verdict(f"{name}: best dev accuracy of the weaker study", lowest_best, setup.target, unit=""))
     if lowest_best < setup.target:
-        missing = sum(trial is None or trial.value < setup.target for trial in reached)
-        studies_without = "either study" if missing == 2 else "one study"
+        missing = [study for study, trial in zip(("the study without pruning", "the study with pruning"), reached)
+                   if trial is None or trial.value < setup.target]
+        studies_without = "either study" if len(missing) == 2 else missing[0]
         lines.append(f"  MISSED because no trial of {studies_without} reached {setup.target:g} dev accuracy in "
                      f"{plural(setup.epochs, 'epoch')}, so its time to target is missing.")
     return lines
@@ -277,15 +278,19 @@ def explain_epochs_missed(comparison: Comparison) -> str:
 
 def explain_best_missed(comparison: Comparison) -> str:
     unpruned_best = best_trial(comparison.unpruned)
-    twin = next(trial for trial in comparison.pruned.trials if trial.number == unpruned_best.number)
+    twin = next((trial for trial in comparison.pruned.trials if trial.number == unpruned_best.number), None)
+    if twin is None:
+        return (f"MISSED because trial {unpruned_best.number}, the best without pruning at "
+                f"{unpruned_best.value:.4f}, did not run in the study with pruning.")
     if twin.state == PRUNED:
         stopped = len(twin.intermediate_values)
         best_so_far = max(twin.intermediate_values.values())
-        return (f"MISSED because trial {unpruned_best.number}, the best without pruning at {unpruned_best.value:.4f}, "
-                f"was pruned after {stopped} epoch(s) at {best_so_far:.4f}: it started slower than the median "
-                "of the complete trials, and finished higher than all of them.")
-    return (f"MISSED although trial {unpruned_best.number}, the best without pruning, also completed with pruning "
-            f"({twin.value:.4f} against {unpruned_best.value:.4f}); training differed between the two runs.")
+        return (f"MISSED because trial {unpruned_best.number}, the best without pruning at "
+                f"{unpruned_best.value:.4f}, was pruned after {stopped} epoch(s) at {best_so_far:.4f}. It was "
+                "below the median of the complete trials then, but it finished above all of them.")
+    return (f"MISSED although trial {unpruned_best.number}, the best without pruning, also completed with "
+            f"pruning, at {twin.value:.4f} against {unpruned_best.value:.4f}. So its training differed between "
+            "the two runs.")
 
 
 def check_lines(comparison: Comparison) -> list[str]:
