@@ -167,6 +167,9 @@ def section(runs: dict[Config, list[StudyRun]], plan: Plan) -> str:
         settings, "",
         table(headers, figure_rows(runs)), "",
         count_check_line(runs, plan.trials),
+        "- Trial phase s per round: " + "; ".join(
+            f"{config.label} " + ", ".join(f"{run.trial_phase_s:.1f}" for run in runs[config]) for config in CONFIGS)
+        + ".",
         "- Trials per hour, 2 workers / 1 worker, per round: " + ", ".join(f"{r:.2f}" for r in round_ratios) + ".",
         verdict("trials per hour of the trial phase, 2 workers / 1 worker", ratio, MIN_SPEEDUP),
     ]
@@ -184,11 +187,13 @@ def explain_missed(runs: dict[Config, list[StudyRun]], ratio: float) -> str:
     one_thread_alone = median_over_rounds(runs, ONE_THREAD, median_epoch_seconds)
     one_thread_paired = median_over_rounds(runs, TWO_WORKERS, median_epoch_seconds)
     slowdown = one_thread_paired / two_threads
+    interference = one_thread_paired / one_thread_alone
+    competing = (f"the two workers slow each other down {interference:.2f}×" if interference >= 1.05
+                 else f"the two workers hardly slow each other down ({interference:.2f}×)")
     text = (f"MISSED: a trial's training epochs took {two_threads:.2f} s on two threads, {one_thread_alone:.2f} s "
             f"on one thread alone and {one_thread_paired:.2f} s in each of two one-thread workers side by side. "
-            f"So the second thread speeds one trial up {one_thread_alone / two_threads:.2f}×, and the two workers "
-            f"slow each other down {one_thread_paired / one_thread_alone:.2f}×. Together they cap 2 workers near "
-            f"{2 / slowdown:.2f}× in training time.")
+            f"So the second thread speeds one trial up {one_thread_alone / two_threads:.2f}×, and {competing}. "
+            f"Together they cap 2 workers near {2 / slowdown:.2f}× in training time.")
     if ratio < 0.95 * 2 / slowdown:
         text += (" The rest was lost outside training and while only one worker ran trials: before the second "
                  "worker's first trial started, and after the first worker's last trial ended.")
