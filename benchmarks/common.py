@@ -11,10 +11,11 @@ import datetime
 import os
 import platform
 import re
+import resource
 import shlex
 import statistics
 import sys
-import time
+from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
@@ -55,40 +56,55 @@ def memory_gib() -> float | None:
     return None
 
 
-BUSY_SHARE_LIMIT = 0.25  # share of all cores' time that other processes may use before a run counts as noisy
+OTHER_CPU_LIMIT = 0.10  # share of all cores' time that other work may take during a run before it counts as noisy
 
 
-def other_cpu_use(seconds: float = 1.0) -> float | None:
-    """Sleep ``seconds`` and return the share of all cores' time that was busy meanwhile.
+@dataclass(frozen=True)
+class CpuTimes:
+    """Busy and total CPU seconds of the whole machine, and this process's own, at one moment."""
 
-    This process is asleep during the sample, so the busy time is other processes'.
-    Reads /proc/stat and returns None where it is not readable.
-    """
-    def busy_and_total() -> tuple[int, int]:
-        fields = [int(value) for value in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-        idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle and iowait
-        return sum(fields) - idle, sum(fields)
+    machine_busy: float  # user, nice, system, irq, softirq and steal time over all cores
+    machine_total: float  # the same plus idle and iowait
+    own: float  # user and system time of this process and its reaped child processes
 
+
+def cpu_times() -> CpuTimes | None:
+    """Read the machine's CPU times from /proc/stat, or return None where it is not readable."""
     try:
-        busy_before, total_before = busy_and_total()
-        time.sleep(seconds)
-        busy_after, total_after = busy_and_total()
-    except (OSError, ValueError, IndexError):
+        # The first line sums all cores: user nice system idle iowait irq softirq steal, in clock ticks.
+        # The guest fields after them are already counted in user and nice.
+        fields = [int(value) for value in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+        ticks_per_second = os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError):
         return None
-    elapsed = total_after - total_before
-    return (busy_after - busy_before) / elapsed if elapsed > 0 else None
+    if len(fields) < 5:
+        return None
+    idle = fields[3] + fields[4]
+    own = sum(resource.getrusage(who).ru_utime + resource.getrusage(who).ru_stime
+              for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))
+    return CpuTimes((sum(fields) - idle) / ticks_per_second, sum(fields) / ticks_per_second, own)
 
 
-def load_note(before: float | None, after: float | None, seconds: float) -> str:
-    """Describe the CPU use of other processes around a run, and warn when it makes the figures noisy."""
-    def shown(share: float | None) -> str:
-        return "unknown" if share is None else f"{share:.0%}"
+def other_cpu_share(start: CpuTimes | None) -> float | None:
+    """Return the share of all cores' time since ``start`` that went to other work than this process tree.
 
-    text = (f"Other processes kept {shown(before)} of the CPU time busy in a 1-s sample before the run and "
-            f"{shown(after)} in one after it, and the run took {seconds:.0f} s.")
-    if max((share for share in (before, after) if share is not None), default=0.0) >= BUSY_SHARE_LIMIT:
-        text += (" Other work competed for the CPU, so these figures are noisy and likely too low. Rerun "
-                 "on a quiet machine before comparing them.")
+    Child processes count as this process's only once they have exited, as DataLoader
+    workers do at the end of each epoch.
+    """
+    end = cpu_times()
+    if start is None or end is None or end.machine_total <= start.machine_total:
+        return None
+    other = (end.machine_busy - start.machine_busy) - (end.own - start.own)
+    return max(other, 0.0) / (end.machine_total - start.machine_total)
+
+
+def load_note(other_share: float | None, seconds: float) -> str:
+    """Describe how much CPU other work took during a run, and warn when that makes the figures noisy."""
+    shown = "an unknown share" if other_share is None else f"{other_share:.0%}"
+    text = f"Other processes took {shown} of the CPU time during the run, which took {seconds:.0f} s."
+    if other_share is not None and other_share >= OTHER_CPU_LIMIT:
+        text += (" That competition makes these figures noisy and likely too low. Rerun on a quiet machine "
+                 "before comparing them.")
     return text
 
 

@@ -26,7 +26,7 @@ from torch import nn
 from torch.profiler import ProfilerActivity, profile
 from torch.utils.flop_counter import FlopCounterMode
 
-from common import CIFAR_SUBSET, load_note, median, other_cpu_use, plural, table, verdict, write_section
+from common import CIFAR_SUBSET, cpu_times, load_note, median, other_cpu_share, plural, table, verdict, write_section
 from pipeline.models import flops_per_image
 from workloads import (BATCH_SIZE, LEARNING_RATE, Workload, cifar_workload, new_model,
                        random_workload, time_minimal_loop, time_pipeline)
@@ -164,7 +164,7 @@ def load_workload(settings: Settings) -> Workload:
 
 @dataclass(frozen=True)
 class Run:
-    """Everything one run measured, and the CPU use of other processes around it."""
+    """Everything one run measured, and the CPU time that other processes took during it."""
 
     settings: Settings
     threads: int
@@ -176,8 +176,7 @@ class Run:
     convolution_product_rates: list[float]  # FLOP/s of each product done as a 1×1 convolution
     images_per_second: dict[str, list[float]]  # per loop, one entry per round
     profile: StepProfile
-    other_use_before: float | None  # share of CPU time, from other_cpu_use()
-    other_use_after: float | None
+    other_cpu_share: float | None  # share of all cores' time that other processes took during the run
     seconds: float
 
     @property
@@ -190,7 +189,7 @@ class Run:
 
 
 def measure(settings: Settings, threads: int) -> Run:
-    other_use_before = other_cpu_use()
+    start_times = cpu_times()
     started = time.perf_counter()
     workload = load_workload(settings)
     print(f"{workload.name}: {workload.train_count} train images, {plural(settings.repeats, 'round')}, "
@@ -219,7 +218,7 @@ def measure(settings: Settings, threads: int) -> Run:
     step_profile = profile_steps(workload, PROFILED_STEPS)
     return Run(settings, threads, workload, flops, per_operator, forward_flops, matmul_rates,
                convolution_product_rates, images_per_second,
-               step_profile, other_use_before, other_cpu_use(), time.perf_counter() - started)
+               step_profile, other_cpu_share(start_times), time.perf_counter() - started)
 
 
 def rate_rows(run: Run) -> list[list[str]]:
@@ -322,7 +321,7 @@ def render(run: Run) -> str:
         + f"\n- For comparison, minimal loop FLOP/s ÷ matmul FLOP/s: {run.fraction(MINIMAL):.0%}.",
         describe_fractions(run),
         *describe_profile(run),
-        load_note(run.other_use_before, run.other_use_after, run.seconds)
+        load_note(run.other_cpu_share, run.seconds)
         + " The ranges show how much the rounds differed.",
     ]
     return "\n\n".join(parts)

@@ -22,7 +22,7 @@ from typing import Callable
 
 import torch
 
-from common import CIFAR_SUBSET, load_note, median, other_cpu_use, plural, table, verdict, write_section
+from common import CIFAR_SUBSET, cpu_times, load_note, median, other_cpu_share, plural, table, verdict, write_section
 from workloads import (BATCH_SIZE, Workload, cifar_workload, digits_workload, run_pipeline, time_dataloader_loop,
                        time_minimal_loop, time_resized_batches)
 
@@ -234,7 +234,7 @@ def measure_resize(workload: Workload, native: Measured, settings: Settings) -> 
 
 @dataclass(frozen=True)
 class Run:
-    """Everything one run measured, and the CPU use of other processes around it."""
+    """Everything one run measured, and the CPU time that other processes took during it."""
 
     settings: Settings
     threads: int
@@ -242,13 +242,12 @@ class Run:
     cifar: WorkloadResults | None  # None when the CIFAR-10 folder is missing
     resize: ResizeResult | None
     cifar_skip_reason: str
-    other_use_before: float | None  # share of CPU time, from other_cpu_use()
-    other_use_after: float | None
+    other_cpu_share: float | None  # share of all cores' time that other processes took during the run
     seconds: float
 
 
 def measure(settings: Settings, threads: int) -> Run:
-    other_use_before = other_cpu_use()
+    start_times = cpu_times()
     started = time.perf_counter()
     print(f"digits: {plural(settings.digits_epochs, 'epoch')}, {plural(settings.digits_repeats, 'round')}, "
           f"{threads} torch threads", flush=True)
@@ -264,7 +263,7 @@ def measure(settings: Settings, threads: int) -> Run:
     else:
         skip_reason = f"CIFAR-10 rows skipped: the folder {cifar_folder} does not exist."
         print(skip_reason)
-    return Run(settings, threads, digits, cifar, resize, skip_reason, other_use_before, other_cpu_use(),
+    return Run(settings, threads, digits, cifar, resize, skip_reason, other_cpu_share(start_times),
                time.perf_counter() - started)
 
 
@@ -322,7 +321,7 @@ def render(run: Run) -> str:
         "This run next to reference figures for a quiet 2-core machine of this kind (torch 2.14.1, "
         "float32, same model). The reference figures were not measured by this run:",
         table(["figure", "this run", "reference"], reference_rows(run)),
-        load_note(run.other_use_before, run.other_use_after, run.seconds)
+        load_note(run.other_cpu_share, run.seconds)
         + " The ranges show how much the rounds differed.",
     ]
     return "\n\n".join(parts)
