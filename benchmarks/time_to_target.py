@@ -24,7 +24,8 @@ from typing import Any
 import optuna
 import yaml
 
-from common import CIFAR_SUBSET, ROOT, load_note, median, other_cpu_use, plural, table, verdict, write_section
+from common import (CIFAR_SUBSET, ROOT, cpu_times, load_note, median, other_cpu_share, plural, table, verdict,
+                    write_section)
 from study_timing import COMPLETE, FAIL, PRUNED, StudyRun, run_in_tempdir, trial_seconds
 
 from pipeline.cache import ENV_CACHE_DIR
@@ -345,14 +346,14 @@ def main() -> None:
     args = parser.parse_args()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
 
-    busy_before = other_cpu_use()
+    cpu_start = cpu_times()
     started = time.perf_counter()
     # An empty image cache makes the first timed load a cold decode. The studies run as child
     # processes, so they inherit the variable and read the cache that this load wrote.
     with tempfile.TemporaryDirectory(prefix="playbook-bench-cache-") as cache:
         os.environ[ENV_CACHE_DIR] = cache
         sections = run_datasets(args.dataset, args.quick)
-    note = load_note(busy_before, other_cpu_use(), time.perf_counter() - started)
+    note = load_note(other_cpu_share(cpu_start), time.perf_counter() - started)
 
     body = "\n\n".join([
         "Each figure comes from one study per variant: repeating whole studies to take medians costs too much. "

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import optuna
 import torch
 
-from common import load_note, median, other_cpu_use, plural, table, verdict, write_section
+from common import cpu_times, load_note, median, other_cpu_share, plural, table, verdict, write_section
 from study_timing import COMPLETE, StudyRun, run_in_tempdir, trial_seconds
 
 MIN_SPEEDUP = 1.6  # 2 workers must reach this multiple of 1 worker's trials per hour
@@ -208,11 +208,11 @@ def main() -> None:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
 
     plan = Plan(trials=2, epochs=2, rounds=1) if args.quick else Plan(trials=16, epochs=15, rounds=3)
-    busy_before = other_cpu_use()
+    cpu_start = cpu_times()
     started = time.perf_counter()
     runs = measure(plan)
     seconds = time.perf_counter() - started
-    body = section(runs, plan) + "\n\n" + load_note(busy_before, other_cpu_use(), seconds)
+    body = section(runs, plan) + "\n\n" + load_note(other_cpu_share(cpu_start), seconds)
     print()
     print(body)
     if args.quick:
