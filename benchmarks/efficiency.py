@@ -260,10 +260,9 @@ def kernel_libraries(run: Run) -> str:
     speedup = median(run.convolution_product_rates) / run.matmul
     return (f"This torch build uses the {blas.group(1) if blas else 'unknown'} BLAS for `torch.mm` and has "
             f"oneDNN {onednn.group(1) if onednn else '(version unknown)'} for convolutions. In the profile "
-            f"below, the convolutions ran as {operators}. Each library picks "
-            f"its own kernels, and the same {MATMUL_SIZE}×{MATMUL_SIZE} product ran {speedup:.2f}× as fast "
-            "as a 1×1 convolution as through `torch.mm`, so the `torch.mm` rate is a property of the BLAS "
-            "on this CPU and need not be the CPU's peak.")
+            f"below, the convolutions ran as {operators}. Each library picks its own kernels. The same "
+            f"{MATMUL_SIZE}×{MATMUL_SIZE} product ran {speedup:.2f}× as fast as a 1×1 convolution as through "
+            "`torch.mm`, so the `torch.mm` rate belongs to the BLAS on this CPU and need not be the CPU's peak.")
 
 
 def describe_profile(run: Run) -> list[str]:
@@ -285,12 +284,13 @@ def describe_profile(run: Run) -> list[str]:
 def render(run: Run) -> str:
     """Write the run up as the markdown body of the efficiency section."""
     settings, workload = run.settings, run.workload
+    epochs = plural(settings.epochs, "epoch")
     if workload.note:
-        source = f"{workload.train_count} {workload.note}"
+        source = f"It trains on {workload.train_count} {workload.note}, {epochs} per run."
     else:
-        source = (f"{workload.train_count} CIFAR-10 training images at 32 px (the first {settings.cifar_per_class} "
-                  f"of each class in `{CIFAR_SUBSET.name}/train`, split as a study splits them, with "
-                  f"{workload.dev_count} dev images)")
+        source = (f"It trains on {workload.train_count} CIFAR-10 images at 32 px, {epochs} per run. They are the "
+                  f"train part of the first {settings.cifar_per_class} images of each class in "
+                  f"`{CIFAR_SUBSET.name}/train`, split as a study splits them, with {workload.dev_count} dev images.")
     operators = ", ".join(f"`{name}` {count / 1e6:.3g} M" for name, count in run.per_operator.items())
     parts = [
         "Achieved training FLOP/s against the float32 matrix-multiply FLOP/s of the same machine, "
@@ -298,8 +298,8 @@ def render(run: Run) -> str:
         "The FLOPs per image are counted by `torch.utils.flop_counter.FlopCounterMode` over the forward "
         f"pass, loss and backward pass of one batch of {BATCH_SIZE}, divided by {BATCH_SIZE}. It counts "
         "convolutions and matrix products only, at 2 FLOPs per multiply-add. The model is the 6-layer "
-        f"plain CNN (`small_cnn`, depth 3, width 32, float32), trained with Adam at batch size {BATCH_SIZE} "
-        f"on {source}, {plural(settings.epochs, 'epoch')} per run. The products and both loops run in turn, "
+        f"plain CNN (`small_cnn`, depth 3, width 32, float32), trained with Adam at batch size {BATCH_SIZE}. "
+        f"{source} The products and both loops run in turn, "
         f"{plural(settings.repeats, 'round')} with {settings.matmul_repeats} products per round, after a "
         "warm-up, and the table gives medians.",
         "The train stage's time includes scoring the dev part after every epoch, as in a trial, but its "
