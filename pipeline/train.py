@@ -246,9 +246,13 @@ def train_model(model: nn.Module, data: PreparedData, config: TrainConfig, devic
 
 
 @torch.inference_mode()
-def predict(model: nn.Module, images: torch.Tensor, device: torch.device, batch_size: int = 512,
+def predict(model: nn.Module, images: torch.Tensor, device: torch.device, batch_size: int = 128,
             dtype: torch.dtype | None = None) -> torch.Tensor:
-    """Return the model's float32 logits for ``images`` on the CPU, in eval mode, under autocast to ``dtype`` if given."""
+    """Return the model's float32 logits for ``images`` on the CPU, in eval mode, under autocast to ``dtype`` if given.
+
+    The default of 128 was measured, not derived: on a 2-core AMD EPYC, the 6-layer small_cnn
+    scored 288 CIFAR-10 images in 0.163 s as one batch of 512 and in 0.089 s in batches of 128.
+    """
     model.eval()
     outputs = []
     with _autocast(device, dtype):
