@@ -310,10 +310,12 @@ def check_lines(comparison: Comparison) -> list[str]:
         + (", ".join(f"#{number}" for number in lost) if lost else "none") + ".",
     ]
     firsts = [first_at_target(run, setup.target) for run in (unpruned, pruned)]
-    if None not in firsts and firsts[0].number == firsts[1].number < setup.startup_trials:
-        lines.append(f"- Trial #{firsts[0].number} reached {setup.target:g} first in both studies, and the pruner "
-                     f"never stops the first {plural(setup.startup_trials, 'trial')}. So the time to target is "
-                     "the same work in both, and its ratio shows only timing noise.")
+    if None not in firsts and firsts[0].number == firsts[1].number:
+        first = firsts[0].number
+        if not any(trial.number < first for trial in pruned.in_state(PRUNED)):
+            lines.append(f"- Trial #{first} reached {setup.target:g} first in both studies, and the pruner stopped "
+                         "no trial before it. So the time to target is the same work in both, and its ratio shows "
+                         "only timing noise.")
     return lines
 
 
