@@ -272,8 +272,13 @@ def explain_epochs_missed(comparison: Comparison) -> str:
     if stopped_after is not None:
         text += f" The pruned trials stopped after a median of {stopped_after:g} epoch(s)."
     earliest = setup.warmup_epochs + 1
-    text += (f" A trial stops after its epoch {earliest} at the earliest, so pruning saves at most "
+    text += (f" The pruner can stop a trial after its epoch {earliest} at the earliest, so it saves at most "
              f"{1 - earliest / setup.epochs:.0%} of a pruned trial's epochs.")
+    trials = len(unpruned.trials)
+    floor = (startup * setup.epochs + (trials - startup) * earliest) / (trials * setup.epochs)
+    if floor > MAX_EPOCH_RATIO:
+        text += (f" Even with every trial after the startup trials stopped that early, the ratio would be "
+                 f"{floor:.2f}, so with these trials, epochs and pruner settings the target is out of reach.")
     return text
 
 
