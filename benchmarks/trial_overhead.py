@@ -22,7 +22,7 @@ import optuna
 import torch
 from mlflow.tracking import MlflowClient
 
-from common import median, table, verdict, write_section
+from common import cpu_times, load_note, median, other_cpu_share, table, verdict, write_section
 from pipeline.data import load_images, prepare, split_dataset
 from pipeline.models import build_model
 from pipeline.spec import DataSpec, Fractions, parse_spec
@@ -96,6 +96,7 @@ def main() -> None:
     logging.basicConfig(level=logging.WARNING)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
 
+    start_times, started = cpu_times(), time.perf_counter()
     standalone = standalone_training_seconds(repeats=3 if args.quick else 5)
     with tempfile.TemporaryDirectory() as folder:
         rows, span = trial_rows(Path(folder), trials)
@@ -135,6 +136,7 @@ def main() -> None:
         verdict("study wall time per trial over pure training, minus 1", study_overhead * 100,
                 TARGET_OVERHEAD * 100, higher_is_better=False, unit="%"),
     ]
+    body += ["", load_note(other_cpu_share(start_times), time.perf_counter() - started)]
     text = "\n".join(body)
     print(text)
     if not args.quick:
