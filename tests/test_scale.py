@@ -22,6 +22,7 @@ import pytest
 import torch
 import yaml
 from mlflow.tracking import MlflowClient
+from sqlalchemy.exc import IntegrityError, OperationalError
 
 from pipeline.spec import parse_spec
 from pipeline.study import run_study
@@ -203,7 +204,9 @@ def _trials():
         return []
     try:
         study = optuna.load_study(study_name="tiny", storage=absolute_sqlite_uri(STORAGE))
-    except KeyError:
+    except KeyError:  # the study is not created yet
+        return []
+    except (IntegrityError, OperationalError):  # the worker is creating Optuna's tables right now
         return []
     return study.get_trials(deepcopy=False)
 
