@@ -8,7 +8,6 @@ outputs to a run, so a rerun records exactly what the trial recorded.
 from __future__ import annotations
 
 import hashlib
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -25,6 +24,7 @@ from pipeline.metrics import Metrics
 from pipeline.models import count_parameters
 from pipeline.spec import DiagnosisSpec, ErrorAnalysisSpec, LatencySpec
 from pipeline.tracking import Tracker, safe_filename, sanitize_keys
+from pipeline.train import inference_copy
 
 SCORE_FIELDS = ("accuracy", "macro_precision", "macro_recall", "macro_f1")
 
@@ -56,14 +56,17 @@ def evaluate_stage(model: torch.nn.Module, prepared: PreparedData, device: torch
 
     ``known_logits`` are outputs the caller already has for some splits (the train
     stage's dev logits after its last epoch); those splits are not run again.
+    Predictions and latency come from the model with batch norm folded into its
+    convolutions (``inference_copy``), as the train stage scores dev.
     """
     known_logits = known_logits or {}
+    folded = inference_copy(model)
     outputs = {name: Predictions.from_logits(known_logits[name], prepared.y[name]) if name in known_logits
-               else predictions(model, prepared.x[name], prepared.y[name], device) for name in parts}
+               else predictions(folded, prepared.x[name], prepared.y[name], device) for name in parts}
     scores = {name: evaluate(output, num_classes) for name, output in outputs.items()}
     timing = None
     if latency is not None:
-        timing = measure_latency(model, prepared.x["dev"], device, latency.batch_size, latency.warmup,
+        timing = measure_latency(folded, prepared.x["dev"], device, latency.batch_size, latency.warmup,
                                  latency.repeats)
     return Evaluation(outputs, scores, timing, count_parameters(model))
 
@@ -135,10 +138,9 @@ def log_evaluation(tracker: Tracker, run_id: str, evaluation: Evaluation, class_
     tracker.log_json(run_id, evaluation_record(evaluation, class_names, split_hash), "evaluation.json")
     if "dev" in evaluation.scores:
         dev = evaluation.scores["dev"]
-        with tempfile.TemporaryDirectory() as scratch:
-            path = plots.confusion_matrix_png(dev.confusion, class_names, Path(scratch) / "confusion_matrix.png",
-                                              f"dev confusion matrix, accuracy {dev.accuracy:.4f}")
-            tracker.log_file(run_id, path)
+        title = f"dev confusion matrix, accuracy {dev.accuracy:.4f}"
+        tracker.log_rendered(run_id, "confusion_matrix.png",
+                             lambda path: plots.confusion_matrix_png(dev.confusion, class_names, path, title))
 
 
 def error_metrics(analysis: ErrorAnalysis) -> dict[str, float]:
@@ -156,20 +158,19 @@ def log_error_analysis(tracker: Tracker, run_id: str, analysis: ErrorAnalysis, d
     """Log category shares, ``error_analysis.json``, ``errors.csv``, the error grid and galleries."""
     tracker.log_metrics(run_id, error_metrics(analysis), step=step)
     tracker.log_json(run_id, analysis.to_dict(), "error_analysis.json")
-    with tempfile.TemporaryDirectory() as scratch:
-        folder = Path(scratch)
-        tracker.log_file(run_id, analysis.write_csv(folder / "errors.csv"))
-        tracker.log_file(run_id, _error_grid(analysis.errors[: config.grid_size], data, folder / "misclassified.png",
-                                             "dev errors: index, confidence p, true->predicted"))
-        gallery = folder / "gallery"
-        gallery.mkdir()
+    # With a background writer these files are written on its thread, so they read only finished results.
+    tracker.log_rendered(run_id, "errors.csv", analysis.write_csv)
+    tracker.log_rendered(run_id, "misclassified.png", lambda path: _error_grid(
+        analysis.errors[: config.grid_size], data, path, "dev errors: index, confidence p, true->predicted"))
+
+    def draw_galleries(folder: Path) -> None:
         for name in analysis.breakdown:
             members = analysis.members(name)
             if members:
-                _error_grid(members[: config.gallery_size], data, gallery / gallery_filename(name),
+                _error_grid(members[: config.gallery_size], data, folder / gallery_filename(name),
                             f"{name}: {len(members)} errors")
-        if any(gallery.iterdir()):
-            tracker.log_folder(run_id, gallery, "gallery")
+
+    tracker.log_rendered_folder(run_id, "gallery", draw_galleries)
 
 
 def gallery_filename(category: str) -> str:

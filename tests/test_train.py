@@ -15,6 +15,7 @@ from pipeline.train import (
     TrainConfig,
     autocast_dtype,
     batch_slices,
+    inference_copy,
     predict,
     random_crop,
     random_flip,
@@ -129,10 +130,43 @@ def test_dev_logits_match_fresh_prediction():
     data = _tiny_data(40)
     model = build_model("small_cnn", 1, 3, 8, {"depth": 1, "width": 4})
     result = train_model(model, data, TrainConfig(epochs=2, batch_size=8), torch.device("cpu"))
-    fresh = predict(model, data.x["dev"], torch.device("cpu"))
+    fresh = predict(inference_copy(model), data.x["dev"], torch.device("cpu"))
     assert torch.equal(result.dev_logits, fresh)
+    unfolded = predict(model, data.x["dev"], torch.device("cpu"))
+    torch.testing.assert_close(result.dev_logits, unfolded, atol=1e-5, rtol=1e-5)
     assert np.array_equal(result.history[-1].dev_predicted, fresh.argmax(1).numpy())
     assert 0 < result.dev_seconds < result.seconds
+
+
+@pytest.mark.parametrize("arch, knobs, size, pairs", [
+    ("small_cnn", {"depth": 2, "width": 8}, 8, 4),  # two conv-BN-ReLU layers per stage
+    ("mobilenet_v2", {"width_mult": 0.5}, 32, "all"),  # every BN follows its conv in a Sequential
+    ("resnet", {}, 32, 3),  # stem and downsampling shortcuts; the blocks keep bn1 and bn2 as attributes
+])
+def test_inference_copy_folds_batch_norm(arch, knobs, size, pairs):
+    torch.manual_seed(0)
+    model = build_model(arch, 3, 10, size, knobs)
+    x = torch.randn(24, 3, size, size) * 2 + 0.5
+    with torch.no_grad():
+        for _ in range(3):  # move the running statistics away from 0 and 1
+            model(x)
+    before = {key: value.clone() for key, value in model.state_dict().items()}
+    norms = sum(isinstance(module, torch.nn.BatchNorm2d) for module in model.modules())
+
+    folded = inference_copy(model)
+
+    left = sum(isinstance(module, torch.nn.BatchNorm2d) for module in folded.modules())
+    assert left == (0 if pairs == "all" else norms - pairs)
+    assert model.training and not folded.training
+    assert all(torch.equal(before[key], value) for key, value in model.state_dict().items())
+    with torch.no_grad():
+        expected = model.eval()(x)
+        torch.testing.assert_close(folded(x), expected, atol=1e-5, rtol=1e-4)
+
+
+def test_inference_copy_without_batch_norm_is_the_model():
+    model = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3), torch.nn.ReLU())
+    assert inference_copy(model) is model
 
 
 def test_no_autocast_on_cpu():
