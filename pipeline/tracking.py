@@ -21,7 +21,7 @@ import sqlite3
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -217,6 +217,7 @@ class Tracker:
         if self.tracking_uri.startswith("sqlite:///"):
             use_write_ahead_log(self.tracking_uri.removeprefix("sqlite:///"))
         self.writer = BackgroundWriter() if background else None
+        self._held: dict[str, dict[str, dict]] = {}  # metrics and tags that ``batched`` holds back, by run id
 
     def _write(self, description: str, write: Callable[[], None]) -> None:
         if self.writer is None:
@@ -286,7 +287,9 @@ class Tracker:
         self.client.update_run(run_id, status=RunStatus.to_string(RunStatus.RUNNING))
 
     def finish(self, run_id: str, status: str = "FINISHED") -> None:
-        """Close a run as FINISHED, FAILED or KILLED."""
+        """Close a run as FINISHED, FAILED or KILLED, after writing any values ``batched`` holds for it."""
+        if run_id in self._held:
+            self._write_held(run_id)
         self._write(f"close run {run_id} as {status}", lambda: self.client.set_terminated(run_id, status=status))
 
     # -- values -------------------------------------------------------------
@@ -311,16 +314,51 @@ class Tracker:
         stamp = int(time.time() * 1000)
         items = [Metric(sanitize_key(key), float(value), stamp, step)
                  for key, value in metrics.items() if value is not None and _finite(value)]
+        if run_id in self._held:
+            self._held[run_id]["metrics"].update({(item.key, item.step): item for item in items})
+            return
         for start in range(0, len(items), MAX_BATCH_METRICS):
             self._log_batch(run_id, metrics=items[start:start + MAX_BATCH_METRICS])
 
     def set_tags(self, run_id: str, tags: dict[str, Any]) -> None:
         items = [RunTag(sanitize_key(key), str(value)[:8000]) for key, value in tags.items()]
+        if run_id in self._held:
+            self._held[run_id]["tags"].update({item.key: item for item in items})
+            return
         for start in range(0, len(items), MAX_BATCH_PARAMS_AND_TAGS):
             self._log_batch(run_id, tags=items[start:start + MAX_BATCH_PARAMS_AND_TAGS])
 
+    @contextlib.contextmanager
+    def batched(self, run_id: str) -> Iterator[None]:
+        """Hold the metrics and tags logged to ``run_id`` inside the block, and write them together at its end.
+
+        MLflow's SQL store spends a few milliseconds on each call, whatever it holds,
+        so the dozen calls that log a trial's results cost one or two this way. A
+        metric logged twice at one step keeps its last value, as does a tag. The held
+        values are written also when the block raises.
+        """
+        if run_id in self._held:  # nested: the outer block writes
+            yield
+            return
+        self._held[run_id] = {"metrics": {}, "tags": {}}
+        try:
+            yield
+        finally:
+            self._write_held(run_id)
+            del self._held[run_id]
+
+    def _write_held(self, run_id: str) -> None:
+        held = self._held[run_id]
+        metrics, tags = list(held["metrics"].values()), list(held["tags"].values())
+        held["metrics"], held["tags"] = {}, {}
+        while metrics or tags:
+            tag_part, tags = tags[:MAX_BATCH_PARAMS_AND_TAGS], tags[MAX_BATCH_PARAMS_AND_TAGS:]
+            room = MAX_BATCH_METRICS - len(tag_part)  # MLflow caps a batch's metrics, params and tags together
+            metric_part, metrics = metrics[:room], metrics[room:]
+            self._log_batch(run_id, metrics=metric_part, tags=tag_part)
+
     def _log_batch(self, run_id: str, **items: list) -> None:
-        kinds = ", ".join(f"{len(values)} {kind}" for kind, values in items.items())
+        kinds = ", ".join(f"{len(values)} {kind}" for kind, values in items.items() if values)
         self._write(f"log {kinds} to run {run_id}", lambda: self.client.log_batch(run_id, **items))
 
     # -- artifacts ----------------------------------------------------------
@@ -334,31 +372,27 @@ class Tracker:
         shutil.copyfile(path, staged)
         self._upload(run_id, staged, folder)
 
-    def log_folder(self, run_id: str, path: Path, folder: str | None = None) -> None:
-        """Upload a folder's files under ``folder``; with a background writer the folder is copied first."""
-        if self.writer is None:
-            self.client.log_artifacts(run_id, str(path), artifact_path=folder)
-            return
-        staged = self.writer.stage_path(Path(path).name)
-        shutil.copytree(path, staged)
-        self._write(f"upload {folder or '.'}/ to run {run_id}", lambda: self._upload_folder(run_id, staged, folder))
-
     def log_text(self, run_id: str, content: str, name: str) -> None:
-        folder, _, filename = name.rpartition("/")
-        self._log_new_file(run_id, filename, folder or None,
-                           lambda path: path.write_text(content, encoding="utf-8"))
+        self.log_rendered(run_id, name, lambda path: path.write_text(content, encoding="utf-8"))
 
     def log_json(self, run_id: str, data: Any, name: str) -> None:
         self.log_text(run_id, json.dumps(data, indent=2, ensure_ascii=False), name)
 
     def log_state_dict(self, run_id: str, model: torch.nn.Module, name: str = "model/state_dict.pt") -> None:
         """Save the model's weights (state dict only, so loading needs no pickled code)."""
-        folder, _, filename = name.rpartition("/")
-        # The weights are saved now, so training the model further cannot change what is logged.
         state = {key: value.detach().cpu() for key, value in model.state_dict().items()}
-        self._log_new_file(run_id, filename, folder or None, lambda path: torch.save(state, path))
+        # Saved now, not on the writer thread, so training the model further cannot change what is logged.
+        self.log_rendered(run_id, name, lambda path: torch.save(state, path), now=True)
 
-    def _log_new_file(self, run_id: str, filename: str, folder: str | None, fill: Callable[[Path], None]) -> None:
+    def log_rendered(self, run_id: str, name: str, fill: Callable[[Path], object], now: bool = False) -> None:
+        """Log the artifact ``name`` ("folder/file.ext") that ``fill(path)`` writes.
+
+        With a background writer, ``fill`` runs on the writer thread unless ``now``,
+        so drawing figures and encoding files stay off the trial's thread. It must
+        therefore read only values that no longer change.
+        """
+        folder, _, filename = name.rpartition("/")
+        folder = folder or None
         if self.writer is None:
             with tempfile.TemporaryDirectory() as scratch:
                 path = Path(scratch) / filename
@@ -366,8 +400,44 @@ class Tracker:
                 self.client.log_artifact(run_id, str(path), artifact_path=folder)
             return
         path = self.writer.stage_path(filename)
-        fill(path)
-        self._upload(run_id, path, folder)
+        if now:
+            fill(path)
+            self._upload(run_id, path, folder)
+            return
+
+        def write() -> None:
+            try:
+                fill(path)
+                self.client.log_artifact(run_id, str(path), artifact_path=folder)
+            finally:
+                shutil.rmtree(path.parent, ignore_errors=True)
+
+        self._write(f"write and upload {name} to run {run_id}", write)
+
+    def log_rendered_folder(self, run_id: str, folder: str, fill: Callable[[Path], object]) -> None:
+        """Log the files that ``fill(path)`` writes into the empty folder ``path`` under ``folder``.
+
+        Like ``log_rendered``: with a background writer ``fill`` runs on the writer thread.
+        An empty folder logs nothing.
+        """
+        if self.writer is None:
+            with tempfile.TemporaryDirectory() as scratch:
+                fill(Path(scratch))
+                if any(Path(scratch).iterdir()):
+                    self.client.log_artifacts(run_id, scratch, artifact_path=folder)
+            return
+        staged = self.writer.stage_path(safe_filename(folder))
+        staged.mkdir()
+
+        def write() -> None:
+            try:
+                fill(staged)
+                if any(staged.iterdir()):
+                    self.client.log_artifacts(run_id, str(staged), artifact_path=folder)
+            finally:
+                shutil.rmtree(staged.parent, ignore_errors=True)
+
+        self._write(f"write and upload {folder}/ to run {run_id}", write)
 
     def _upload(self, run_id: str, staged: Path, folder: str | None) -> None:
         def upload() -> None:
@@ -377,12 +447,6 @@ class Tracker:
                 shutil.rmtree(staged.parent, ignore_errors=True)
 
         self._write(f"upload {folder or '.'}/{staged.name} to run {run_id}", upload)
-
-    def _upload_folder(self, run_id: str, staged: Path, folder: str | None) -> None:
-        try:
-            self.client.log_artifacts(run_id, str(staged), artifact_path=folder)
-        finally:
-            shutil.rmtree(staged.parent, ignore_errors=True)
 
 
 def _finite(value: float) -> bool:

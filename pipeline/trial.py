@@ -55,6 +55,7 @@ class StudyContext:
     parent_run_id: str
     lang: str
     resized: dict[int, PreparedData] = field(default_factory=dict)  # prepared data by input resolution
+    flops: dict[str, int] = field(default_factory=dict)  # FLOPs per image by architecture, knobs and resolution
 
     def prepared_at(self, size: int) -> PreparedData:
         """Return the prepared data at ``size`` pixels, resizing once per size and process."""
@@ -116,8 +117,16 @@ def run_trial(trial: optuna.Trial, context: StudyContext) -> float:
     hyperparameters = sample_hyperparameters(trial, spec)
     run_id = tracker.create_trial_run(context.parent_run_id, trial.number, hyperparameters)
     trial.set_user_attr("mlflow_run_id", run_id)
+    # Results logged after training are held and written in one MLflow call when the run closes.
+    with contextlib.ExitStack() as after_training:
+        return _run_and_record(trial, context, hyperparameters, run_id, after_training)
+
+
+def _run_and_record(trial: optuna.Trial, context: StudyContext, hyperparameters: dict[str, Any], run_id: str,
+                    after_training: contextlib.ExitStack) -> float:
+    tracker = context.tracker
     try:
-        result = _run_stages(trial, context, hyperparameters, run_id)
+        result = _run_stages(trial, context, hyperparameters, run_id, after_training)
     except optuna.TrialPruned:
         tracker.set_tags(run_id, {TAG_STATE: "PRUNED"})
         tracker.finish(run_id, "KILLED")
@@ -148,7 +157,7 @@ def run_trial(trial: optuna.Trial, context: StudyContext) -> float:
 
 
 def _run_stages(trial: optuna.Trial, context: StudyContext, hyperparameters: dict[str, Any],
-                run_id: str) -> TrialResult:
+                run_id: str, after_training: contextlib.ExitStack) -> TrialResult:
     spec, data, tracker, device = context.spec, context.data, context.tracker, context.device
     seed = spec.seed + trial.number
     arch, knobs = hyperparameters["arch"], model_knobs(hyperparameters)
@@ -161,7 +170,11 @@ def _run_stages(trial: optuna.Trial, context: StudyContext, hyperparameters: dic
     torch.manual_seed(seed)
     model = build_model(arch, data.channels, data.num_classes, resolution, {**knobs, **extra},
                         dropout=hyperparameters["dropout"])
-    flops = flops_per_image(model, data.channels, resolution)
+    # Counting runs the model once under FlopCounterMode; trials that share a shape share the count.
+    shape = repr((arch, sorted(knobs.items()), data.channels, data.num_classes, resolution))
+    if shape not in context.flops:
+        context.flops[shape] = flops_per_image(model, data.channels, resolution)
+    flops = context.flops[shape]
     tracker.log_metrics(run_id, {"flops_per_image": float(flops), "input_resolution": float(resolution)})
     compute = spec.compute
     config = TrainConfig(**{name: hyperparameters[name] for name in
@@ -188,6 +201,7 @@ def _run_stages(trial: optuna.Trial, context: StudyContext, hyperparameters: dic
     with clock("train"):
         training = train_model(model, prepared, config, device, on_epoch)
     step = len(training.history)
+    after_training.enter_context(tracker.batched(run_id))
     with clock("logging"):
         # A training step costs about 3 forward passes (forward, and backward for inputs and weights).
         tracker.log_metrics(run_id, {"train_seconds": training.seconds,

@@ -1,4 +1,4 @@
-"""The background MLflow writer: order, failures that do not stop later writes, and flushing."""
+"""The background MLflow writer: order, failures that do not stop later writes, flushing, batching."""
 
 import logging
 import threading
@@ -76,3 +76,53 @@ def test_close_flushes_and_removes_staging(tmp_path):
     assert tracker.writer is None
     tracker.finish(run_id)  # synchronous once closed
     assert MlflowClient(tracker.tracking_uri).get_run(run_id).info.status == "FINISHED"
+
+
+@pytest.mark.parametrize("background", [True, False])
+def test_batched_values_land_in_few_calls(tmp_path, background):
+    tracker = Tracker(f"sqlite:///{tmp_path}/mlflow.db", "batch-test", background=background)
+    run_id = tracker.client.create_run(tracker.experiment_id).info.run_id
+    calls = []
+    log_batch = tracker.client.log_batch
+    tracker.client.log_batch = lambda *args, **kwargs: (calls.append(kwargs), log_batch(*args, **kwargs))[1]
+    with tracker.batched(run_id):
+        tracker.log_metrics(run_id, {f"m{i}": float(i) for i in range(1500)}, step=5)
+        tracker.log_metrics(run_id, {"m0": -1.0}, step=5)  # the same key at the same step keeps the last value
+        tracker.set_tags(run_id, {f"t{i}": i for i in range(150)})
+        assert calls == []  # held until the block ends
+        tracker.finish(run_id, "FINISHED")  # closing writes the held values first
+    tracker.close()
+
+    # 1,500 metrics and 150 tags: 100 tags + 900 metrics, then 50 tags + 600 metrics.
+    assert [(len(call["metrics"]), len(call["tags"])) for call in calls] == [(900, 100), (600, 50)]
+    run = MlflowClient(tracker.tracking_uri).get_run(run_id)
+    assert run.info.status == "FINISHED"
+    assert len(run.data.metrics) == 1500
+    assert run.data.metrics["m0"] == -1.0
+    assert run.data.metrics["m1499"] == 1499.0
+    assert sum(key.startswith("t") for key in run.data.tags) == 150
+
+
+def test_rendered_artifacts_are_drawn_on_the_writer_thread(tracker, tmp_path):
+    run_id = tracker.client.create_run(tracker.experiment_id).info.run_id
+    threads = []
+
+    def draw(path):
+        threads.append(threading.current_thread().name)
+        path.write_text("drawn")
+
+    def draw_folder(folder):
+        (folder / "a.txt").write_text("a")
+        (folder / "b.txt").write_text("b")
+
+    tracker.log_rendered(run_id, "figures/plot.txt", draw)
+    tracker.log_rendered_folder(run_id, "gallery", draw_folder)
+    tracker.log_rendered_folder(run_id, "empty", lambda folder: None)
+    tracker.flush()
+
+    assert threads == ["mlflow-writer"]
+    tracker.client.download_artifacts(run_id, "", str(tmp_path / "down"))
+    assert (tmp_path / "down" / "figures" / "plot.txt").read_text() == "drawn"
+    assert sorted(p.name for p in (tmp_path / "down" / "gallery").iterdir()) == ["a.txt", "b.txt"]
+    assert not (tmp_path / "down" / "empty").exists()
+    assert list(tracker.writer.staging.iterdir()) == []  # staged copies are removed after upload
