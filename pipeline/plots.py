@@ -28,7 +28,12 @@ def confusion_matrix_png(confusion: np.ndarray | list, class_names: list[str], p
     matrix = np.asarray(confusion, dtype=np.int64)
     classes = len(class_names)
     font = ImageFont.load_default(size=11)
-    cell = 34 if classes <= 10 else 22 if classes <= 30 else 10
+    if classes <= 10:
+        cell = 34
+    elif classes <= 30:
+        cell = 22
+    else:
+        cell = 10
     probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
     label_width = int(max((probe.textlength(name, font=font) for name in class_names), default=0)) + 8
     margin, title_height = 8, 22
