@@ -22,6 +22,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -217,7 +218,7 @@ class Tracker:
         if self.tracking_uri.startswith("sqlite:///"):
             use_write_ahead_log(self.tracking_uri.removeprefix("sqlite:///"))
         self.writer = BackgroundWriter() if background else None
-        self._held: dict[str, dict[str, dict]] = {}  # metrics and tags that ``batched`` holds back, by run id
+        self._held: dict[str, HeldValues] = {}  # what ``batched`` holds back, by run id
 
     def _write(self, description: str, write: Callable[[], None]) -> None:
         if self.writer is None:
@@ -315,7 +316,7 @@ class Tracker:
         items = [Metric(sanitize_key(key), float(value), stamp, step)
                  for key, value in metrics.items() if value is not None and _finite(value)]
         if run_id in self._held:
-            self._held[run_id]["metrics"].update({(item.key, item.step): item for item in items})
+            self._held[run_id].metrics.update({(item.key, item.step): item for item in items})
             return
         for start in range(0, len(items), MAX_BATCH_METRICS):
             self._log_batch(run_id, metrics=items[start:start + MAX_BATCH_METRICS])
@@ -323,24 +324,26 @@ class Tracker:
     def set_tags(self, run_id: str, tags: dict[str, Any]) -> None:
         items = [RunTag(sanitize_key(key), str(value)[:8000]) for key, value in tags.items()]
         if run_id in self._held:
-            self._held[run_id]["tags"].update({item.key: item for item in items})
+            self._held[run_id].tags.update({item.key: item for item in items})
             return
         for start in range(0, len(items), MAX_BATCH_PARAMS_AND_TAGS):
             self._log_batch(run_id, tags=items[start:start + MAX_BATCH_PARAMS_AND_TAGS])
 
     @contextlib.contextmanager
     def batched(self, run_id: str) -> Iterator[None]:
-        """Hold the metrics and tags logged to ``run_id`` inside the block, and write them together at its end.
+        """Hold what is logged to ``run_id`` inside the block, and write it together at its end.
 
-        MLflow's SQL store spends a few milliseconds on each call, whatever it holds,
-        so the dozen calls that log a trial's results cost one or two this way. A
-        metric logged twice at one step keeps its last value, as does a tag. The held
-        values are written also when the block raises.
+        MLflow's SQL store spends a few milliseconds on each call, whatever it holds.
+        Held metrics and tags go out in as few ``log_batch`` calls as MLflow's limits
+        allow, and held artifacts in one ``log_artifacts`` call, so the two dozen
+        calls that log a trial's results become about three. A metric logged twice at one step
+        keeps its last value, as does a tag. The held values are written also when
+        the block raises, and ``finish`` writes them before it closes the run.
         """
         if run_id in self._held:  # nested: the outer block writes
             yield
             return
-        self._held[run_id] = {"metrics": {}, "tags": {}}
+        self._held[run_id] = HeldValues()
         try:
             yield
         finally:
@@ -349,13 +352,38 @@ class Tracker:
 
     def _write_held(self, run_id: str) -> None:
         held = self._held[run_id]
-        metrics, tags = list(held["metrics"].values()), list(held["tags"].values())
-        held["metrics"], held["tags"] = {}, {}
+        self._held[run_id] = HeldValues()
+        metrics, tags = list(held.metrics.values()), list(held.tags.values())
         while metrics or tags:
             tag_part, tags = tags[:MAX_BATCH_PARAMS_AND_TAGS], tags[MAX_BATCH_PARAMS_AND_TAGS:]
             room = MAX_BATCH_METRICS - len(tag_part)  # MLflow caps a batch's metrics, params and tags together
             metric_part, metrics = metrics[:room], metrics[room:]
             self._log_batch(run_id, metrics=metric_part, tags=tag_part)
+        if held.files is not None:
+            self._write(f"upload held artifacts to run {run_id}", lambda: self._upload_tree(run_id, held.files))
+
+    def _held_path(self, run_id: str, name: str) -> Path:
+        """Return where the held artifact ``name`` is written, creating the run's folder and its parents."""
+        held = self._held[run_id]
+        if held.files is None:
+            if self.writer is not None:
+                held.files = self.writer.stage_path("artifacts")
+                held.files.mkdir()
+            else:
+                held.files = Path(tempfile.mkdtemp(prefix="playbook-artifacts-"))
+        path = held.files / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def _upload_tree(self, run_id: str, root: Path) -> None:
+        try:
+            for folder in sorted(root.rglob("*"), key=lambda path: len(path.parts), reverse=True):
+                if folder.is_dir() and not any(folder.iterdir()):
+                    folder.rmdir()  # a gallery with no errors logs nothing
+            if any(root.iterdir()):
+                self.client.log_artifacts(run_id, str(root))
+        finally:
+            shutil.rmtree(root if self.writer is None else root.parent, ignore_errors=True)
 
     def _log_batch(self, run_id: str, **items: list) -> None:
         kinds = ", ".join(f"{len(values)} {kind}" for kind, values in items.items() if values)
@@ -391,6 +419,9 @@ class Tracker:
         so drawing figures and encoding files stay off the trial's thread. It must
         therefore read only values that no longer change.
         """
+        if run_id in self._held:
+            self._fill_later(self._held_path(run_id, name), fill, now, f"write {name} for run {run_id}")
+            return
         folder, _, filename = name.rpartition("/")
         folder = folder or None
         if self.writer is None:
@@ -420,6 +451,11 @@ class Tracker:
         Like ``log_rendered``: with a background writer ``fill`` runs on the writer thread.
         An empty folder logs nothing.
         """
+        if run_id in self._held:
+            target = self._held_path(run_id, folder)
+            target.mkdir(exist_ok=True)
+            self._fill_later(target, fill, False, f"write {folder}/ for run {run_id}")
+            return
         if self.writer is None:
             with tempfile.TemporaryDirectory() as scratch:
                 fill(Path(scratch))
@@ -439,6 +475,13 @@ class Tracker:
 
         self._write(f"write and upload {folder}/ to run {run_id}", write)
 
+    def _fill_later(self, path: Path, fill: Callable[[Path], object], now: bool, description: str) -> None:
+        """Run ``fill(path)`` on the writer thread, or at once when ``now`` or without a writer."""
+        if self.writer is None or now:
+            fill(path)
+        else:
+            self._write(description, lambda: fill(path))
+
     def _upload(self, run_id: str, staged: Path, folder: str | None) -> None:
         def upload() -> None:
             try:
@@ -447,6 +490,15 @@ class Tracker:
                 shutil.rmtree(staged.parent, ignore_errors=True)
 
         self._write(f"upload {folder or '.'}/{staged.name} to run {run_id}", upload)
+
+
+@dataclass
+class HeldValues:
+    """Metrics, tags and artifacts that ``Tracker.batched`` holds back for one run until its block ends."""
+
+    metrics: dict[tuple[str, int], Metric] = field(default_factory=dict)  # by key and step
+    tags: dict[str, RunTag] = field(default_factory=dict)
+    files: Path | None = None  # artifacts, laid out as they will be in the run
 
 
 def _finite(value: float) -> bool:

@@ -1,5 +1,6 @@
 """The background MLflow writer: order, failures that do not stop later writes, flushing, batching."""
 
+import json
 import logging
 import threading
 
@@ -126,3 +127,32 @@ def test_rendered_artifacts_are_drawn_on_the_writer_thread(tracker, tmp_path):
     assert sorted(p.name for p in (tmp_path / "down" / "gallery").iterdir()) == ["a.txt", "b.txt"]
     assert not (tmp_path / "down" / "empty").exists()
     assert list(tracker.writer.staging.iterdir()) == []  # staged copies are removed after upload
+
+
+@pytest.mark.parametrize("background", [True, False])
+def test_batched_artifacts_upload_once(tmp_path, background):
+    tracker = Tracker(f"sqlite:///{tmp_path}/mlflow.db", "held-files", background=background)
+    run_id = tracker.client.create_run(tracker.experiment_id).info.run_id
+    uploads = []
+    log_artifacts = tracker.client.log_artifacts
+    tracker.client.log_artifacts = lambda *args, **kwargs: (uploads.append(args), log_artifacts(*args, **kwargs))[1]
+    log_artifact = tracker.client.log_artifact
+    tracker.client.log_artifact = lambda *args, **kwargs: (uploads.append(args), log_artifact(*args, **kwargs))[1]
+    with tracker.batched(run_id):
+        tracker.log_json(run_id, {"a": 1}, "record.json")
+        tracker.log_text(run_id, "hello", "notes/readme.txt")
+        tracker.log_state_dict(run_id, torch.nn.Linear(2, 1))
+        tracker.log_rendered_folder(run_id, "gallery", lambda folder: (folder / "x.png").write_bytes(b"png"))
+        tracker.log_rendered_folder(run_id, "empty", lambda folder: None)
+        tracker.flush()
+        assert uploads == []
+    tracker.close()
+
+    assert len(uploads) == 1
+    tracker.client.download_artifacts(run_id, "", str(tmp_path / "down"))
+    down = tmp_path / "down"
+    assert json.loads((down / "record.json").read_text()) == {"a": 1}
+    assert (down / "notes" / "readme.txt").read_text() == "hello"
+    assert set(torch.load(down / "model" / "state_dict.pt", weights_only=True)) == {"weight", "bias"}
+    assert (down / "gallery" / "x.png").read_bytes() == b"png"
+    assert not (down / "empty").exists()
