@@ -118,7 +118,9 @@ def measure_workload(workload: Workload, epochs: int, repeats: int) -> WorkloadR
     """Warm every loop up on 4 batches, then time the loops in turn for ``repeats`` rounds.
 
     Running the loops in turn within each round, rather than one loop's repeats in a
-    row, spreads a slow spell of a shared CPU over all of them.
+    row, spreads a slow spell of a shared CPU over all of them. Each round starts one
+    loop later than the round before, so no loop always runs right after the
+    DataLoader loop's worker processes exit.
     """
     loops = variants()
     warmup = workload.truncated(4 * BATCH_SIZE)
@@ -126,9 +128,11 @@ def measure_workload(workload: Workload, epochs: int, repeats: int) -> WorkloadR
         print(f"  warming up: {name}", flush=True)
         loop(warmup, 1)
     loop_results = {name: Measured(workload, name, epochs, [], []) for name in loops}
+    names = list(loops)
     for round_number in range(repeats):
-        for name, loop in loops.items():
-            seconds, dev_seconds = loop(workload, epochs)
+        shift = round_number % len(names)
+        for name in names[shift:] + names[:shift]:
+            seconds, dev_seconds = loops[name](workload, epochs)
             loop_results[name].seconds.append(seconds)
             loop_results[name].dev_seconds.append(dev_seconds)
             print(f"  round {round_number + 1}/{repeats}: {name}: {seconds:.2f} s, "
@@ -275,7 +279,8 @@ def render(run: Run) -> str:
         "the usual torchvision DataLoader loop. Every loop trains the 6-layer plain CNN "
         f"(`small_cnn`, depth 3, width 32, float32) with Adam at lr 1e-3 and batch size {BATCH_SIZE}, "
         f"from the same seeded weights, with {run.threads} torch threads. Each loop is warmed up on 4 "
-        "batches. Then the loops run in turn, round after round. The table gives the median images/s "
+        "batches. Then the loops run in turn, round after round, each round starting one loop later "
+        "than the one before. The table gives the median images/s "
         "over the rounds, and each ratio is the median of the per-round ratios, which compare loops "
         "that ran back to back under the same load.",
         "- **pipeline train stage**: `pipeline.train.train_model` as a trial calls it, with a trial's "
