@@ -47,10 +47,25 @@ def study_spec(trials: int) -> dict:
     }
 
 
+def digits_prepared():
+    data = load_images(DataSpec(source="digits"))
+    return prepare(data, split_dataset(data.labels, Fractions(), seed=0))
+
+
+def forward_pass_floor(sizes: dict[str, int]) -> float:
+    """Return the evaluation's share of the training work, counted in images through the network.
+
+    A training step costs about three forward passes (forward, then backward for
+    the inputs and for the weights). The method itself needs one pass over
+    train and train-dev at the end and one over dev after every epoch.
+    """
+    evaluated = sizes["train"] + sizes["train_dev"] + EPOCHS * sizes["dev"]
+    return evaluated / (3 * EPOCHS * sizes["train"])
+
+
 def standalone_training_seconds(repeats: int) -> list[float]:
     """Train the same model on the same split outside a study; return the seconds of the optimization steps."""
-    data = load_images(DataSpec(source="digits"))
-    prepared = prepare(data, split_dataset(data.labels, Fractions(), seed=0))
+    prepared = digits_prepared()
     seconds = []
     for repeat in range(repeats + 1):
         torch.manual_seed(repeat)
@@ -125,11 +140,14 @@ def main() -> None:
                   f"{per_trial_in_study / train:.2f}"])
     body = [
         f"A digits study of {len(rows) + 1} trials, all with the same fixed hyperparameters: small_cnn "
-        f"(depth 3, width 32), Adam, batch {BATCH_SIZE}, {EPOCHS} epochs, 1,257 training images. Medians over "
+        f"(depth 3, width 32), Adam, batch {BATCH_SIZE}, {EPOCHS} epochs, {len(digits_prepared().x['train']):,} "
+        f"training images. Medians over "
         f"trials 1–{len(rows)} (trial 0 pays first-use costs and is left out). Pure training is the time in "
         "the optimization steps only; everything else is overhead.",
         "",
         table(["part of a trial", "ms (median)", "× pure training"], lines),
+        "",
+        floor_text(),
         "",
         verdict("whole trial over pure training, minus 1", overhead * 100, TARGET_OVERHEAD * 100,
                 higher_is_better=False, unit="%"),
@@ -143,18 +161,38 @@ def main() -> None:
         write_section("trial-overhead", "2. Trial overhead", text + "\n\n" + EXPLANATION)
 
 
-EXPLANATION = """\
-Where the overhead comes from:
+def floor_text() -> str:
+    sizes = {name: len(tensor) for name, tensor in digits_prepared().x.items()}
+    floor = forward_pass_floor(sizes)
+    return (f"The arithmetic floor: with {sizes['train']:,} train, {sizes['train_dev']:,} train-dev and "
+            f"{sizes['dev']:,} dev images, the evaluation the method asks for (train and train-dev once, dev "
+            f"after each of {EPOCHS} epochs) sends {sizes['train'] + sizes['train_dev'] + EPOCHS * sizes['dev']:,} "
+            f"images through the network, against {EPOCHS} × {sizes['train']:,} training steps of about three "
+            f"forward passes each: {100 * floor:.1f}% of the training work before any latency timing, "
+            "tracking or Optuna call.")
 
-- Scoring dev after every epoch is what pruning and the learning curves need.
-- The evaluate stage runs the model once over the train and train-dev splits, because
-  dev reuses the last epoch's logits. It also times 110 single-image forward passes
-  for the p50 and p95 latency.
-- Optuna writes each suggested value, each epoch's intermediate value and the
-  trial's results to its storage, each in its own transaction.
-- MLflow writes (metrics, tags, artifacts, closing the run) go to a background
-  thread, so the trial's thread only queues them. The last table row includes the
-  wait for that queue at the end of the study."""
+
+EXPLANATION = """\
+Where the overhead comes from, and why the 10% target is missed at this size:
+
+- The floor above: at 5 epochs the method's own evaluation is about 12% of the
+  training work, so a 5-epoch digits trial cannot stay under 10% while it measures
+  train, train-dev and per-epoch dev error. The share falls as trials get longer:
+  at 20 epochs the same arithmetic gives about 7%.
+- Scoring dev after every epoch is what pruning and the learning curves need. It
+  and the evaluate stage run an inference copy with batch norm folded into the
+  convolutions, about 30% faster than the trained model in eval mode.
+- The evaluate stage runs the model once over the train and train-dev splits (dev
+  reuses the last epoch's logits) and times 110 single-image forward passes for the
+  p50 and p95 latency.
+- Optuna writes each epoch's intermediate value, the constraint and the trial's
+  results to its storage, each in its own transaction.
+- MLflow writes go to a background thread, so the trial's thread only queues them.
+  The results logged after training are held and written in one call when the run
+  closes, and figures are drawn on that thread. That work still shares the two
+  cores with the next trial's training, which is why pure training inside the study
+  is slower than outside it. The last table row includes the wait for the queue
+  at the end of the study."""
 
 
 if __name__ == "__main__":
