@@ -16,6 +16,7 @@ from pipeline.train import (
     autocast_dtype,
     batch_slices,
     inference_copy,
+    make_optimizer,
     predict,
     random_crop,
     random_flip,
@@ -167,6 +168,33 @@ def test_inference_copy_folds_batch_norm(arch, knobs, size, pairs):
 def test_inference_copy_without_batch_norm_is_the_model():
     model = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3), torch.nn.ReLU())
     assert inference_copy(model) is model
+
+
+@pytest.mark.parametrize("name", ["adam", "adamw", "sgd"])
+def test_fused_optimizer_matches_default(name):
+    torch.manual_seed(0)
+    fused_model = build_model("small_cnn", 1, 10, 8, {"depth": 1, "width": 8})
+    plain_model = build_model("small_cnn", 1, 10, 8, {"depth": 1, "width": 8})
+    plain_model.load_state_dict(fused_model.state_dict())
+    config = TrainConfig(optimizer=name, lr=1e-2, weight_decay=1e-3)
+    fused = make_optimizer(fused_model, config)
+    arguments = {"lr": 1e-2, "weight_decay": 1e-3}
+    if name == "sgd":
+        plain = torch.optim.SGD(plain_model.parameters(), momentum=0.9, nesterov=True, **arguments)
+    else:
+        plain = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}[name](plain_model.parameters(), **arguments)
+    x, y = torch.randn(16, 1, 8, 8), torch.arange(16) % 10
+
+    for model, optimizer in ((fused_model, fused), (plain_model, plain)):
+        for _ in range(3):
+            loss = torch.nn.functional.cross_entropy(model(x), y)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+
+    assert fused.defaults["fused"] is True
+    for fused_value, plain_value in zip(fused_model.state_dict().values(), plain_model.state_dict().values()):
+        torch.testing.assert_close(fused_value, plain_value, atol=1e-5, rtol=1e-4)
 
 
 def test_no_autocast_on_cpu():
