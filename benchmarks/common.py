@@ -170,7 +170,7 @@ def write_section(key: str, title: str, body: str, doc: Path = DOC) -> None:
     """Replace the section ``key`` of the benchmarks page with ``body``, adding it when new.
 
     The section is headed by ``title`` and followed by the date, the machine and the
-    command, so each section says where its own figures come from.
+    command, so each section names where its own figures come from.
     """
     start, end = f"<!-- bench:{key}:start -->", f"<!-- bench:{key}:end -->"
     stamp = datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
@@ -185,3 +185,13 @@ def write_section(key: str, title: str, body: str, doc: Path = DOC) -> None:
     doc.parent.mkdir(parents=True, exist_ok=True)
     doc.write_text(text)
     print(f"wrote section '{title}' to {doc}")
+
+
+def publish(key: str, title: str, body: str, write: bool, reason: str = "--quick runs only print") -> None:
+    """Print ``body``, then write it as section ``key`` of the benchmarks page when ``write`` is true."""
+    print()
+    print(body)
+    if write:
+        write_section(key, title, body)
+    else:
+        print(f"\nnot writing {DOC.parent.name}/{DOC.name}: {reason}")

@@ -26,7 +26,7 @@ from torch import nn
 from torch.profiler import ProfilerActivity, profile
 from torch.utils.flop_counter import FlopCounterMode
 
-from common import CIFAR_SUBSET, cpu_times, load_note, median, other_cpu_share, plural, table, verdict, write_section
+from common import CIFAR_SUBSET, cpu_times, load_note, median, other_cpu_share, plural, publish, table, verdict
 from pipeline.models import flops_per_image
 from workloads import (BATCH_SIZE, LEARNING_RATE, Workload, cifar_workload, new_model,
                        random_workload, time_minimal_loop, time_pipeline)
@@ -339,12 +339,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
 
     body = render(measure(QUICK if args.quick else FULL, args.threads))
-    print()
-    print(body)
-    if args.quick:
-        print("\n--quick: docs/BENCHMARKS.md left unchanged")
-    else:
-        write_section("efficiency", "Training FLOP/s against matmul FLOP/s", body)
+    publish("efficiency", "Training FLOP/s against matmul FLOP/s", body, write=not args.quick)
 
 
 if __name__ == "__main__":

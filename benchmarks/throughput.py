@@ -22,7 +22,7 @@ from typing import Callable
 
 import torch
 
-from common import CIFAR_SUBSET, cpu_times, load_note, median, other_cpu_share, plural, table, verdict, write_section
+from common import CIFAR_SUBSET, cpu_times, load_note, median, other_cpu_share, plural, publish, table, verdict
 from workloads import (BATCH_SIZE, Workload, cifar_workload, digits_workload, run_pipeline, time_dataloader_loop,
                        time_minimal_loop, time_resized_batches)
 
@@ -379,12 +379,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
 
     body = render(measure(QUICK if args.quick else FULL, args.threads))
-    print()
-    print(body)
-    if args.quick:
-        print("\n--quick: docs/BENCHMARKS.md left unchanged")
-    else:
-        write_section("throughput", "Training throughput", body)
+    publish("throughput", "Training throughput", body, write=not args.quick)
 
 
 if __name__ == "__main__":

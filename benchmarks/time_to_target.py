@@ -24,8 +24,8 @@ from typing import Any
 import optuna
 import yaml
 
-from common import (CIFAR_SUBSET, ROOT, cpu_times, load_note, median, other_cpu_share, plural, table, verdict,
-                    write_section)
+from common import (CIFAR_SUBSET, ROOT, cpu_times, load_note, median, other_cpu_share, plural, publish, table,
+                    verdict)
 from study_timing import COMPLETE, FAIL, PRUNED, StudyRun, run_in_tempdir, trial_seconds
 
 from pipeline.cache import ENV_CACHE_DIR
@@ -372,12 +372,8 @@ def main() -> None:
         *sections,
         note,
     ])
-    print()
-    print(body)
-    if args.quick or args.dataset != "all":
-        print("\nnot writing docs/BENCHMARKS.md: only a full run of all datasets does")
-        return
-    write_section("time_to_target", "Time to target: random search with and without median pruning", body)
+    publish("time_to_target", "Time to target: random search with and without median pruning", body,
+            write=not args.quick and args.dataset == "all", reason="only a full run of all datasets writes it")
 
 
 def run_datasets(dataset: str, quick: bool) -> list[str]:

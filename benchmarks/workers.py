@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import optuna
 import torch
 
-from common import cpu_times, load_note, median, other_cpu_share, plural, table, verdict, write_section
+from common import cpu_times, load_note, median, other_cpu_share, plural, publish, table, verdict
 from study_timing import COMPLETE, StudyRun, run_in_tempdir, trial_seconds
 
 MIN_SPEEDUP = 1.6  # 2 workers must reach this multiple of 1 worker's trials per hour
@@ -232,12 +232,7 @@ def main() -> None:
     runs = measure(plan)
     seconds = time.perf_counter() - started
     body = section(runs, plan) + "\n\n" + load_note(other_cpu_share(cpu_start), seconds)
-    print()
-    print(body)
-    if args.quick:
-        print("\nnot writing docs/BENCHMARKS.md: --quick runs only print")
-        return
-    write_section("workers", "Trials per hour with 1 and 2 worker processes", body)
+    publish("workers", "Trials per hour with 1 and 2 worker processes", body, write=not args.quick)
 
 
 if __name__ == "__main__":
