@@ -286,7 +286,10 @@ def inference_copy(model: nn.Module) -> nn.Module:
     """
     if not _conv_bn_pairs(model):
         return model
-    folded = copy.deepcopy(model).eval()
+    # The copy shares the model's parameters and buffers, which inference only reads,
+    # so only the module objects are copied, not the weights.
+    shared = {id(tensor): tensor for tensor in (*model.parameters(), *model.buffers())}
+    folded = copy.deepcopy(model, shared).eval()
     for sequential, index in _conv_bn_pairs(folded):
         sequential[index] = fuse_conv_bn_eval(sequential[index], sequential[index + 1])
         sequential[index + 1] = nn.Identity()
