@@ -21,7 +21,7 @@ import sqlite3
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -218,7 +218,7 @@ class Tracker:
         if self.tracking_uri.startswith("sqlite:///"):
             use_write_ahead_log(self.tracking_uri.removeprefix("sqlite:///"))
         self.writer = BackgroundWriter() if background else None
-        self._held: dict[str, HeldValues] = {}  # what ``batched`` holds back, by run id
+        self._held: dict[str, HeldValues] = {}  # what ``hold`` keeps back, by run id
 
     def _write(self, description: str, write: Callable[[], None]) -> None:
         if self.writer is None:
@@ -288,9 +288,8 @@ class Tracker:
         self.client.update_run(run_id, status=RunStatus.to_string(RunStatus.RUNNING))
 
     def finish(self, run_id: str, status: str = "FINISHED") -> None:
-        """Close a run as FINISHED, FAILED or KILLED, after writing any values ``batched`` holds for it."""
-        if run_id in self._held:
-            self._write_held(run_id)
+        """Close a run as FINISHED, FAILED or KILLED, after writing what ``hold`` kept back for it."""
+        self.release(run_id)
         self._write(f"close run {run_id} as {status}", lambda: self.client.set_terminated(run_id, status=status))
 
     # -- values -------------------------------------------------------------
@@ -329,30 +328,22 @@ class Tracker:
         for start in range(0, len(items), MAX_BATCH_PARAMS_AND_TAGS):
             self._log_batch(run_id, tags=items[start:start + MAX_BATCH_PARAMS_AND_TAGS])
 
-    @contextlib.contextmanager
-    def batched(self, run_id: str) -> Iterator[None]:
-        """Hold what is logged to ``run_id`` inside the block, and write it together at its end.
+    def hold(self, run_id: str) -> None:
+        """Hold the metrics, tags and artifacts logged to ``run_id`` from now on until ``release`` or ``finish``.
 
         MLflow's SQL store spends a few milliseconds on each call, whatever it holds.
         Held metrics and tags go out in as few ``log_batch`` calls as MLflow's limits
         allow, and held artifacts in one ``log_artifacts`` call, so the two dozen
-        calls that log a trial's results become about three. A metric logged twice at one step
-        keeps its last value, as does a tag. The held values are written also when
-        the block raises, and ``finish`` writes them before it closes the run.
+        calls that log a trial's results become about three. A metric logged twice at
+        one step keeps its last value, as does a tag.
         """
-        if run_id in self._held:  # nested: the outer block writes
-            yield
-            return
-        self._held[run_id] = HeldValues()
-        try:
-            yield
-        finally:
-            self._write_held(run_id)
-            del self._held[run_id]
+        self._held.setdefault(run_id, HeldValues())
 
-    def _write_held(self, run_id: str) -> None:
-        held = self._held[run_id]
-        self._held[run_id] = HeldValues()
+    def release(self, run_id: str) -> None:
+        """Write what ``hold`` kept back for ``run_id`` and stop holding; a no-op for a run not held."""
+        held = self._held.pop(run_id, None)
+        if held is None:
+            return
         metrics, tags = list(held.metrics.values()), list(held.tags.values())
         while metrics or tags:
             tag_part, tags = tags[:MAX_BATCH_PARAMS_AND_TAGS], tags[MAX_BATCH_PARAMS_AND_TAGS:]
@@ -390,15 +381,6 @@ class Tracker:
         self._write(f"log {kinds} to run {run_id}", lambda: self.client.log_batch(run_id, **items))
 
     # -- artifacts ----------------------------------------------------------
-
-    def log_file(self, run_id: str, path: Path, folder: str | None = None) -> None:
-        """Upload one file; with a background writer it is copied first, so the caller may delete it."""
-        if self.writer is None:
-            self.client.log_artifact(run_id, str(path), artifact_path=folder)
-            return
-        staged = self.writer.stage_path(Path(path).name)
-        shutil.copyfile(path, staged)
-        self._upload(run_id, staged, folder)
 
     def log_text(self, run_id: str, content: str, name: str) -> None:
         self.log_rendered(run_id, name, lambda path: path.write_text(content, encoding="utf-8"))
@@ -494,7 +476,7 @@ class Tracker:
 
 @dataclass
 class HeldValues:
-    """Metrics, tags and artifacts that ``Tracker.batched`` holds back for one run until its block ends."""
+    """Metrics, tags and artifacts that ``Tracker.hold`` keeps back for one run until it is released."""
 
     metrics: dict[tuple[str, int], Metric] = field(default_factory=dict)  # by key and step
     tags: dict[str, RunTag] = field(default_factory=dict)

@@ -117,16 +117,8 @@ def run_trial(trial: optuna.Trial, context: StudyContext) -> float:
     hyperparameters = sample_hyperparameters(trial, spec)
     run_id = tracker.create_trial_run(context.parent_run_id, trial.number, hyperparameters)
     trial.set_user_attr("mlflow_run_id", run_id)
-    # Results logged after training are held and written in one MLflow call when the run closes.
-    with contextlib.ExitStack() as after_training:
-        return _run_and_record(trial, context, hyperparameters, run_id, after_training)
-
-
-def _run_and_record(trial: optuna.Trial, context: StudyContext, hyperparameters: dict[str, Any], run_id: str,
-                    after_training: contextlib.ExitStack) -> float:
-    tracker = context.tracker
     try:
-        result = _run_stages(trial, context, hyperparameters, run_id, after_training)
+        result = _run_stages(trial, context, hyperparameters, run_id)
     except optuna.TrialPruned:
         tracker.set_tags(run_id, {TAG_STATE: "PRUNED"})
         tracker.finish(run_id, "KILLED")
@@ -157,7 +149,7 @@ def _run_and_record(trial: optuna.Trial, context: StudyContext, hyperparameters:
 
 
 def _run_stages(trial: optuna.Trial, context: StudyContext, hyperparameters: dict[str, Any],
-                run_id: str, after_training: contextlib.ExitStack) -> TrialResult:
+                run_id: str) -> TrialResult:
     spec, data, tracker, device = context.spec, context.data, context.tracker, context.device
     seed = spec.seed + trial.number
     arch, knobs = hyperparameters["arch"], model_knobs(hyperparameters)
@@ -201,7 +193,8 @@ def _run_stages(trial: optuna.Trial, context: StudyContext, hyperparameters: dic
     with clock("train"):
         training = train_model(model, prepared, config, device, on_epoch)
     step = len(training.history)
-    after_training.enter_context(tracker.batched(run_id))
+    # Results logged after training are held, and written in about three MLflow calls when the run closes.
+    tracker.hold(run_id)
     with clock("logging"):
         # A training step costs about 3 forward passes (forward, and backward for inputs and weights).
         tracker.log_metrics(run_id, {"train_seconds": training.seconds,

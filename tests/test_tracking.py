@@ -22,10 +22,7 @@ def test_background_writes_land_in_order(tracker, tmp_path):
     run_id = tracker.client.create_run(tracker.experiment_id).info.run_id
     for step in range(3):
         tracker.log_metrics(run_id, {"loss": 1.0 / (step + 1)}, step=step)
-    scratch = tmp_path / "scratch.csv"
-    scratch.write_text("index,tag\n1,blurry\n")
-    tracker.log_file(run_id, scratch)
-    scratch.unlink()  # the writer staged its own copy
+    tracker.log_text(run_id, "index,tag\n1,blurry\n", "scratch.csv")
     tracker.log_json(run_id, {"a": 1}, "nested/record.json")
     tracker.log_state_dict(run_id, torch.nn.Linear(2, 1))
     tracker.set_tags(run_id, {"state": "done"})
@@ -80,22 +77,20 @@ def test_close_flushes_and_removes_staging(tmp_path):
 
 
 @pytest.mark.parametrize("background", [True, False])
-def test_batched_values_land_in_few_calls(tmp_path, background):
+def test_held_values_land_in_few_calls(tmp_path, background):
     tracker = Tracker(f"sqlite:///{tmp_path}/mlflow.db", "batch-test", background=background)
     run_id = tracker.client.create_run(tracker.experiment_id).info.run_id
-    calls = []
-    log_batch = tracker.client.log_batch
-    tracker.client.log_batch = lambda *args, **kwargs: (calls.append(kwargs), log_batch(*args, **kwargs))[1]
-    with tracker.batched(run_id):
-        tracker.log_metrics(run_id, {f"m{i}": float(i) for i in range(1500)}, step=5)
-        tracker.log_metrics(run_id, {"m0": -1.0}, step=5)  # the same key at the same step keeps the last value
-        tracker.set_tags(run_id, {f"t{i}": i for i in range(150)})
-        assert calls == []  # held until the block ends
-        tracker.finish(run_id, "FINISHED")  # closing writes the held values first
+    calls = _record_calls(tracker.client, "log_batch")
+    tracker.hold(run_id)
+    tracker.log_metrics(run_id, {f"m{i}": float(i) for i in range(1500)}, step=5)
+    tracker.log_metrics(run_id, {"m0": -1.0}, step=5)  # the same key at the same step keeps the last value
+    tracker.set_tags(run_id, {f"t{i}": i for i in range(150)})
+    assert calls == []  # held until the run closes
+    tracker.finish(run_id, "FINISHED")  # closing writes the held values first
     tracker.close()
 
     # 1,500 metrics and 150 tags: 100 tags + 900 metrics, then 50 tags + 600 metrics.
-    assert [(len(call["metrics"]), len(call["tags"])) for call in calls] == [(900, 100), (600, 50)]
+    assert [(len(kwargs["metrics"]), len(kwargs["tags"])) for _, kwargs in calls] == [(900, 100), (600, 50)]
     run = MlflowClient(tracker.tracking_uri).get_run(run_id)
     assert run.info.status == "FINISHED"
     assert len(run.data.metrics) == 1500
@@ -130,25 +125,24 @@ def test_rendered_artifacts_are_drawn_on_the_writer_thread(tracker, tmp_path):
 
 
 @pytest.mark.parametrize("background", [True, False])
-def test_batched_artifacts_upload_once(tmp_path, background):
+def test_held_artifacts_upload_once(tmp_path, background):
     tracker = Tracker(f"sqlite:///{tmp_path}/mlflow.db", "held-files", background=background)
     run_id = tracker.client.create_run(tracker.experiment_id).info.run_id
-    uploads = []
-    log_artifacts = tracker.client.log_artifacts
-    tracker.client.log_artifacts = lambda *args, **kwargs: (uploads.append(args), log_artifacts(*args, **kwargs))[1]
-    log_artifact = tracker.client.log_artifact
-    tracker.client.log_artifact = lambda *args, **kwargs: (uploads.append(args), log_artifact(*args, **kwargs))[1]
-    with tracker.batched(run_id):
-        tracker.log_json(run_id, {"a": 1}, "record.json")
-        tracker.log_text(run_id, "hello", "notes/readme.txt")
-        tracker.log_state_dict(run_id, torch.nn.Linear(2, 1))
-        tracker.log_rendered_folder(run_id, "gallery", lambda folder: (folder / "x.png").write_bytes(b"png"))
-        tracker.log_rendered_folder(run_id, "empty", lambda folder: None)
-        tracker.flush()
-        assert uploads == []
+    folder_uploads = _record_calls(tracker.client, "log_artifacts")
+    file_uploads = _record_calls(tracker.client, "log_artifact")
+    tracker.hold(run_id)
+    tracker.log_json(run_id, {"a": 1}, "record.json")
+    tracker.log_text(run_id, "hello", "notes/readme.txt")
+    tracker.log_state_dict(run_id, torch.nn.Linear(2, 1))
+    tracker.log_rendered_folder(run_id, "gallery", lambda folder: (folder / "x.png").write_bytes(b"png"))
+    tracker.log_rendered_folder(run_id, "empty", lambda folder: None)
+    tracker.flush()
+    assert folder_uploads + file_uploads == []
+    tracker.release(run_id)
     tracker.close()
 
-    assert len(uploads) == 1
+    assert len(folder_uploads) == 1
+    assert file_uploads == []
     tracker.client.download_artifacts(run_id, "", str(tmp_path / "down"))
     down = tmp_path / "down"
     assert json.loads((down / "record.json").read_text()) == {"a": 1}
@@ -156,3 +150,16 @@ def test_batched_artifacts_upload_once(tmp_path, background):
     assert set(torch.load(down / "model" / "state_dict.pt", weights_only=True)) == {"weight", "bias"}
     assert (down / "gallery" / "x.png").read_bytes() == b"png"
     assert not (down / "empty").exists()
+
+
+def _record_calls(client, name):
+    """Wrap the client's method ``name`` so that it still runs and each call's (args, kwargs) is recorded."""
+    calls = []
+    method = getattr(client, name)
+
+    def recording(*args, **kwargs):
+        calls.append((args, kwargs))
+        return method(*args, **kwargs)
+
+    setattr(client, name, recording)
+    return calls
