@@ -76,7 +76,7 @@ def read(key: str, folder: Path | None = None) -> Decoded | None:
         content = torch.load(path, weights_only=True)
         entry = Decoded(content["images"], content["labels"], list(content["class_names"]),
                         list(content["sources"]), list(content["skipped"]))
-    except Exception as error:  # a damaged file raises anything from the unpickler; decoding again is always safe
+    except Exception as error:  # a damaged file can raise any error from the unpickler, so any error means decode anew
         log.warning("ignoring the unreadable image cache entry %s (%s: %s); decoding again", path,
                     type(error).__name__, error)
         return None

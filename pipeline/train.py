@@ -167,7 +167,7 @@ def train_model(model: nn.Module, data: PreparedData, config: TrainConfig, devic
     """Train ``model`` on ``data.x['train']`` and score dev after each epoch.
 
     Args:
-        model: a freshly built model; it is moved to ``device`` and holds the trained
+        model: a freshly built model; it is moved to ``device`` and contains the trained
             weights afterwards, also when the loop ran a compiled copy.
         data: normalized tensors; ``train`` and ``dev`` are used. Tensors already on
             ``device`` are used in place.
