@@ -351,7 +351,10 @@ class Tracker:
             metric_part, metrics = metrics[:room], metrics[room:]
             self._log_batch(run_id, metrics=metric_part, tags=tag_part)
         if held.files is not None:
-            self._write(f"upload held artifacts to run {run_id}", lambda: self._upload_tree(run_id, held.files))
+            # A staged folder sits in a numbered folder of the writer's own; a temporary one stands alone.
+            scratch = held.files if self.writer is None else held.files.parent
+            self._write(f"upload held artifacts to run {run_id}",
+                        lambda: self._upload_tree(run_id, held.files, scratch))
 
     def _held_path(self, run_id: str, name: str) -> Path:
         """Return where the held artifact ``name`` is written, creating the run's folder and its parents."""
@@ -366,7 +369,7 @@ class Tracker:
         path.parent.mkdir(parents=True, exist_ok=True)
         return path
 
-    def _upload_tree(self, run_id: str, root: Path) -> None:
+    def _upload_tree(self, run_id: str, root: Path, scratch: Path) -> None:
         try:
             for folder in sorted(root.rglob("*"), key=lambda path: len(path.parts), reverse=True):
                 if folder.is_dir() and not any(folder.iterdir()):
@@ -374,7 +377,7 @@ class Tracker:
             if any(root.iterdir()):
                 self.client.log_artifacts(run_id, str(root))
         finally:
-            shutil.rmtree(root if self.writer is None else root.parent, ignore_errors=True)
+            shutil.rmtree(scratch, ignore_errors=True)
 
     def _log_batch(self, run_id: str, **items: list) -> None:
         kinds = ", ".join(f"{len(values)} {kind}" for kind, values in items.items() if values)
