@@ -351,7 +351,7 @@ class Tracker:
             metric_part, metrics = metrics[:room], metrics[room:]
             self._log_batch(run_id, metrics=metric_part, tags=tag_part)
         if held.files is not None:
-            # A staged folder sits in a numbered folder of the writer's own; a temporary one stands alone.
+            # The writer stages the folder inside a numbered folder of its own, which goes with it.
             scratch = held.files if self.writer is None else held.files.parent
             self._write(f"upload held artifacts to run {run_id}",
                         lambda: self._upload_tree(run_id, held.files, scratch))
